@@ -1,0 +1,2 @@
+__all__ = ["ConsistentHashRing", "stable_hash64"]
+from routing.hashring import ConsistentHashRing, stable_hash64
