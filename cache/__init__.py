@@ -1,1 +1,53 @@
-__all__: list[str] = []
+"""Token cache: chunk text -> the served model's token IDs, computed once, shared across tiers.
+
+No Ray or Serve imports here; ``deployments/cache_group.py`` wraps ``CacheShard`` as a Serve deployment.
+"""
+
+from cache.breaker import BreakerState, CircuitBreaker
+from cache.client import TokenCache, TokenCacheConfig, TokenLookup
+from cache.codec import decode_tokens, encode_tokens
+from cache.exceptions import (
+    BackendTimeoutError,
+    BackendUnavailableError,
+    CorruptEntryError,
+    ShardUnavailableError,
+    TokenCacheError,
+)
+from cache.keys import ChunkKey, ChunkRef, hash_content
+from cache.lru import ByteBoundedLRU
+from cache.redis_tier import RedisTier
+from cache.shard import CacheShard, LocalShardClient, ShardClient
+from cache.singleflight import SingleFlight
+from cache.stats import LatencyReservoir, TierCounters, TierStats, TokenCacheStats
+from cache.tokenizers import HuggingFaceTokenizer, TiktokenTokenizer, TokenizerBackend
+
+__all__ = [
+    "BackendTimeoutError",
+    "BackendUnavailableError",
+    "BreakerState",
+    "ByteBoundedLRU",
+    "CacheShard",
+    "ChunkKey",
+    "ChunkRef",
+    "CircuitBreaker",
+    "CorruptEntryError",
+    "HuggingFaceTokenizer",
+    "LatencyReservoir",
+    "LocalShardClient",
+    "RedisTier",
+    "ShardClient",
+    "ShardUnavailableError",
+    "SingleFlight",
+    "TiktokenTokenizer",
+    "TierCounters",
+    "TierStats",
+    "TokenCache",
+    "TokenCacheConfig",
+    "TokenCacheError",
+    "TokenCacheStats",
+    "TokenLookup",
+    "TokenizerBackend",
+    "decode_tokens",
+    "encode_tokens",
+    "hash_content",
+]

