@@ -1,0 +1,74 @@
+"""Errors raised by the retrieval package.
+
+A shallow tree grouped by cause: bad input (the caller must fix the request; retrying never helps),
+missing collection or document (404-like), embedding failure and store write failure (a retry may
+help; nothing was written). HTTP layers map these to status codes in one place.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "RetrievalError",
+    "InvalidInputError",
+    "InvalidDocumentError",
+    "InvalidCollectionNameError",
+    "CollectionNotFoundError",
+    "DocumentNotFoundError",
+    "EmbeddingError",
+    "StoreWriteError",
+]
+
+
+class RetrievalError(Exception):
+    """Base class of every error raised by the retrieval package."""
+
+
+class InvalidInputError(RetrievalError, ValueError):
+    """Raised when a request field is malformed; `field` names it. Retrying the same input never helps."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+
+class InvalidDocumentError(InvalidInputError):
+    """Raised when a document fails validation (id pattern, empty or oversized text, bad metadata,
+    too many documents per call). `field` names the offending field, e.g. ``documents[2].text``."""
+
+
+class InvalidCollectionNameError(InvalidInputError):
+    """Raised when a collection name does not match ``[a-z0-9_-]{1,64}``."""
+
+
+class CollectionNotFoundError(RetrievalError, KeyError):
+    """Raised when a collection does not exist. Create it first; retrying does not help."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.name = name
+
+    def __str__(self) -> str:
+        return f"collection not found: {self.name!r}"
+
+
+class DocumentNotFoundError(RetrievalError, KeyError):
+    """Raised when deleting a document that is not in the collection."""
+
+    def __init__(self, collection: str, doc_id: str) -> None:
+        super().__init__(doc_id)
+        self.collection = collection
+        self.doc_id = doc_id
+
+    def __str__(self) -> str:
+        return f"document not found: {self.collection!r}/{self.doc_id!r}"
+
+
+class EmbeddingError(RetrievalError):
+    """Raised when the embedder fails or returns vectors of the wrong shape. Raised before any write
+    starts, so the store is untouched; a retry may help if the embedder was transiently unavailable."""
+
+
+class StoreWriteError(RetrievalError):
+    """Raised when a write transaction fails (disk, lock timeout, injected fault). The transaction was
+    rolled back, so the previous version is intact; a retry may help for lock timeouts."""

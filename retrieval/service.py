@@ -1,0 +1,124 @@
+"""RetrievalService: the store, per-collection in-memory indexes and an async embedder, together.
+
+Freshness without coordination: before each search the service reads the collection's version from
+the store (one indexed SQLite row) and rebuilds its in-memory index only when the version moved. A
+document written by any process is therefore found by every process on its next request, and an
+unchanged collection costs one tiny read per query. Blocking SQLite and numpy work runs in threads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from retrieval.exceptions import EmbeddingError, InvalidInputError
+from retrieval.index import ExactCosineIndex, SearchHit, VectorIndex
+from retrieval.store import CollectionInfo, CollectionStore, Document, WriteResult, validate_collection_name
+
+__all__ = ["RetrievalService"]
+
+logger = logging.getLogger(__name__)
+
+AsyncEmbed = Callable[[list[str]], Awaitable[np.ndarray]]
+IndexFactory = Callable[[list, np.ndarray], VectorIndex]
+
+
+@dataclass(frozen=True, slots=True)
+class _LoadedIndex:
+    version: int
+    index: VectorIndex
+
+
+class RetrievalService:
+    """Search and write collections; safe to use from many coroutines of one event loop."""
+
+    def __init__(
+        self,
+        store: CollectionStore,
+        embed: AsyncEmbed,
+        chunker: Callable[[str], list[str]],
+        *,
+        index_factory: IndexFactory = ExactCosineIndex,
+        max_top_k: int = 100,
+    ) -> None:
+        self._store = store
+        self._embed = embed
+        self._chunker = chunker
+        self._index_factory = index_factory
+        self._max_top_k = max_top_k
+        self._indexes: dict[str, _LoadedIndex] = {}
+        self._reload_locks: dict[str, asyncio.Lock] = {}
+        self.reloads = 0  # number of index rebuilds, for stats and tests
+
+    @property
+    def store(self) -> CollectionStore:
+        return self._store
+
+    async def search(
+        self, collection: str, query: str, top_k: int, where: dict | None = None
+    ) -> list[SearchHit]:
+        """Top `top_k` chunks of `collection` for `query`, against the latest committed version."""
+        validate_collection_name(collection)
+        if not isinstance(query, str) or not query.strip():
+            raise InvalidInputError("query", "must be a non-empty string")
+        if not isinstance(top_k, int) or not 1 <= top_k <= self._max_top_k:
+            raise InvalidInputError("top_k", f"must be an integer between 1 and {self._max_top_k}")
+        if where is not None and not isinstance(where, dict):
+            raise InvalidInputError("where", "must be an object of metadata key/value pairs")
+        # Embed the query while the index is checked/refreshed: the two are independent.
+        vectors, index = await asyncio.gather(self._embed_query(query), self.index(collection))
+        return await asyncio.to_thread(index.search, vectors[0], top_k, where)
+
+    async def index(self, collection: str) -> VectorIndex:
+        """The in-memory index of `collection`, rebuilt first if the store's version moved."""
+        version = await asyncio.to_thread(self._store.version, collection)
+        loaded = self._indexes.get(collection)
+        if loaded is not None and loaded.version == version:
+            return loaded.index
+        lock = self._reload_locks.setdefault(collection, asyncio.Lock())
+        async with lock:  # one rebuild per version even when many requests notice it together
+            loaded = self._indexes.get(collection)
+            if loaded is not None and loaded.version >= version:
+                return loaded.index
+            snapshot = await asyncio.to_thread(self._store.snapshot, collection)
+            index = await asyncio.to_thread(self._index_factory, snapshot.chunks, snapshot.embeddings)
+            self._indexes[collection] = _LoadedIndex(snapshot.version, index)
+            self.reloads += 1
+            logger.info("loaded index %s v%d (%d chunks)", collection, snapshot.version, len(snapshot.chunks))
+            return index
+
+    async def upsert(self, collection: str, docs: Sequence[Document]) -> WriteResult:
+        """Validate, chunk, embed (outside any transaction), then write `docs` atomically."""
+        prepared = await asyncio.to_thread(self._store.prepare_upsert, collection, docs, self._chunker)
+        embeddings = None
+        if prepared.texts_to_embed:
+            try:
+                embeddings = await self._embed(list(prepared.texts_to_embed))
+            except Exception as err:
+                raise EmbeddingError(f"embedding {len(prepared.texts_to_embed)} chunks failed: {err}") from err
+        return await asyncio.to_thread(self._store.commit_upsert, prepared, embeddings)
+
+    async def delete(self, collection: str, doc_id: str) -> WriteResult:
+        return await asyncio.to_thread(self._store.delete_document, collection, doc_id)
+
+    async def list_collections(self) -> list[CollectionInfo]:
+        return await asyncio.to_thread(self._store.list_collections)
+
+    async def get_collection(self, name: str) -> CollectionInfo:
+        return await asyncio.to_thread(self._store.get_collection, name)
+
+    async def create_collection(self, name: str) -> CollectionInfo:
+        return await asyncio.to_thread(self._store.create_collection, name)
+
+    async def _embed_query(self, query: str) -> np.ndarray:
+        try:
+            vectors = np.asarray(await self._embed([query]), dtype=np.float32)
+        except Exception as err:
+            raise EmbeddingError(f"embedding the query failed: {err}") from err
+        if vectors.ndim != 2 or vectors.shape[0] != 1:
+            raise EmbeddingError(f"expected one query embedding, got shape {vectors.shape}")
+        return vectors

@@ -1,0 +1,621 @@
+"""Durable collection store: the source of truth for documents, chunks and embeddings.
+
+SQLite in WAL mode, one file: any number of processes (every agent replica) read while one writes,
+and a reader never sees a half-applied write. Each collection carries a version that every successful
+change bumps; readers compare versions to know when their in-memory index is stale.
+
+Atomicity: an upsert first does everything that can fail slowly or for reasons outside SQLite
+(validation, chunking, embedding) and only then opens one `BEGIN IMMEDIATE` transaction for the
+writes. Any exception inside the transaction rolls it back, so the previous version stays readable and
+the version number does not move. Redis and the token cache are caches of this data, never the copy.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from retrieval.exceptions import (
+    CollectionNotFoundError,
+    DocumentNotFoundError,
+    EmbeddingError,
+    InvalidCollectionNameError,
+    InvalidDocumentError,
+    StoreWriteError,
+)
+
+__all__ = [
+    "Chunk",
+    "CollectionInfo",
+    "CollectionSnapshot",
+    "CollectionStore",
+    "Document",
+    "PreparedUpsert",
+    "StoreLimits",
+    "WriteResult",
+    "content_hash",
+    "validate_collection_name",
+]
+
+logger = logging.getLogger(__name__)
+
+COLLECTION_NAME_RE = re.compile(r"[a-z0-9_-]{1,64}")
+DOC_ID_RE = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+DEFAULT_DB_FILENAME = "collections.sqlite3"
+
+FaultHook = Callable[[str], None]
+"""Test hook: called with a step name at points inside the write transaction; raising aborts it."""
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS collections (
+    name TEXT PRIMARY KEY,
+    version INTEGER NOT NULL DEFAULT 0,
+    dim INTEGER,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS documents (
+    collection TEXT NOT NULL REFERENCES collections(name) ON DELETE CASCADE,
+    doc_id TEXT NOT NULL,
+    text TEXT NOT NULL,
+    metadata TEXT NOT NULL,
+    content_hash TEXT NOT NULL,
+    updated_at REAL NOT NULL,
+    PRIMARY KEY (collection, doc_id)
+);
+CREATE TABLE IF NOT EXISTS chunks (
+    collection TEXT NOT NULL,
+    doc_id TEXT NOT NULL,
+    position INTEGER NOT NULL,
+    text TEXT NOT NULL,
+    content_hash TEXT NOT NULL,
+    metadata TEXT NOT NULL,
+    embedding BLOB NOT NULL,
+    PRIMARY KEY (collection, doc_id, position),
+    FOREIGN KEY (collection, doc_id) REFERENCES documents(collection, doc_id) ON DELETE CASCADE
+);
+"""
+
+
+class StoreLimits(BaseModel):
+    """Input limits enforced on every write; set from the app config."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_document_chars: int = Field(200_000, gt=0, description="Largest accepted document text, in characters.")
+    max_documents_per_call: int = Field(256, gt=0, description="Most documents accepted by one upsert call.")
+    max_metadata_bytes: int = Field(16_384, gt=0, description="Largest accepted metadata, as compact JSON bytes.")
+    busy_timeout_s: float = Field(30.0, gt=0, description="How long a write waits for another writer's lock.")
+
+
+@dataclass(frozen=True, slots=True)
+class Document:
+    """A user document as submitted: id, full text and free-form JSON metadata."""
+
+    id: str
+    text: str
+    metadata: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Chunk:
+    """One retrieval unit and one token-cache entry. `content_hash` is the sha256 of `text`."""
+
+    chunk_id: str
+    doc_id: str
+    collection: str
+    position: int
+    text: str
+    content_hash: str
+    metadata: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class CollectionInfo:
+    name: str
+    documents: int
+    chunks: int
+    version: int
+
+
+@dataclass(frozen=True, slots=True)
+class WriteResult:
+    """Outcome of a write. `changed_chunks` are chunks whose (chunk_id, content) did not exist before;
+    `removed_chunks` are old chunks whose (chunk_id, content) no longer exists. A chunk whose text
+    changed appears in both (old content in removed, new in changed) so that callers can invalidate
+    token-cache entries by either key. An upsert that changed nothing keeps the version."""
+
+    collection: str
+    version: int
+    upserted_doc_ids: list[str]
+    changed_chunks: list[Chunk]
+    removed_chunks: list[Chunk]
+    skipped_doc_ids: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class CollectionSnapshot:
+    """A consistent read of one collection: the chunks and their embeddings at `version`."""
+
+    collection: str
+    version: int
+    chunks: list[Chunk]
+    embeddings: np.ndarray  # (len(chunks), dim) float32, L2-normalized rows
+
+
+@dataclass(frozen=True, slots=True)
+class _PreparedDoc:
+    doc: Document
+    doc_hash: str
+    chunk_texts: list[str]
+    chunk_hashes: list[str]
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedUpsert:
+    """Validated, chunked documents plus the chunk texts that still need an embedding.
+
+    Splitting prepare / embed / commit lets an async caller run the embedder outside any thread or
+    transaction; `known_embeddings` reuses stored vectors of unchanged chunk texts (keyed by hash)."""
+
+    collection: str
+    docs: list[_PreparedDoc]
+    texts_to_embed: list[str]
+    hashes_to_embed: list[str]
+    known_embeddings: dict[str, np.ndarray]
+
+
+def content_hash(text: str) -> str:
+    """sha256 hex of the UTF-8 text: the identity of a chunk's content across processes."""
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _document_hash(doc: Document) -> str:
+    meta = json.dumps(doc.metadata, sort_keys=True, separators=(",", ":"))
+    return content_hash(f"{doc.text}\x00{meta}")
+
+
+def validate_collection_name(name: Any) -> str:
+    """Return `name` if it is a valid collection name, else raise InvalidCollectionNameError."""
+    if not isinstance(name, str) or COLLECTION_NAME_RE.fullmatch(name) is None:
+        raise InvalidCollectionNameError("collection", f"must match [a-z0-9_-]{{1,64}}, got {name!r}")
+    return name
+
+
+def validate_doc_id(doc_id: Any, field_name: str = "doc_id") -> str:
+    if not isinstance(doc_id, str) or DOC_ID_RE.fullmatch(doc_id) is None:
+        raise InvalidDocumentError(field_name, f"must match [A-Za-z0-9._:-]{{1,128}}, got {doc_id!r}")
+    return doc_id
+
+
+class CollectionStore:
+    """SQLite-backed store of collections, documents, chunks and embeddings.
+
+    Safe to share between threads (one connection per thread) and between processes (WAL). Pass
+    `fault_hook` only in tests: it is called with a step name inside each write transaction.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        limits: StoreLimits | None = None,
+        fault_hook: FaultHook | None = None,
+    ) -> None:
+        path = Path(path)
+        if path.is_dir():
+            path = path / DEFAULT_DB_FILENAME
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self.limits = limits or StoreLimits()
+        self._fault_hook = fault_hook
+        self._local = threading.local()
+        self._connections: list[sqlite3.Connection] = []
+        self._connections_lock = threading.Lock()
+        self._conn().executescript(_SCHEMA)
+
+    # -- connections ---------------------------------------------------------------------------
+
+    def _conn(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(
+                self.path,
+                timeout=self.limits.busy_timeout_s,
+                isolation_level=None,  # explicit BEGIN/COMMIT only
+                check_same_thread=False,
+            )
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")  # durable across process crashes in WAL mode
+            conn.execute("PRAGMA foreign_keys=ON")
+            self._local.conn = conn
+            with self._connections_lock:
+                self._connections.append(conn)
+        return conn
+
+    def close(self) -> None:
+        """Close every connection this store opened (in any thread)."""
+        with self._connections_lock:
+            for conn in self._connections:
+                conn.close()
+            self._connections.clear()
+        self._local = threading.local()
+
+    @contextmanager
+    def _read(self) -> Iterator[sqlite3.Connection]:
+        """A read transaction: every query inside sees one consistent snapshot."""
+        conn = self._conn()
+        conn.execute("BEGIN")
+        try:
+            yield conn
+        finally:
+            conn.execute("COMMIT")
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        conn = self._conn()
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as err:
+            raise StoreWriteError(f"could not start write transaction: {err}") from err
+        try:
+            yield conn
+            conn.execute("COMMIT")
+        except BaseException as err:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            if isinstance(err, sqlite3.Error):
+                raise StoreWriteError(f"write failed and was rolled back: {err}") from err
+            raise
+
+    def _fault(self, step: str) -> None:
+        if self._fault_hook is not None:
+            self._fault_hook(step)
+
+    # -- collections -----------------------------------------------------------------------------
+
+    def create_collection(self, name: str) -> CollectionInfo:
+        """Create `name` if missing (idempotent) and return its info."""
+        validate_collection_name(name)
+        now = time.time()
+        with self._write() as conn:
+            conn.execute(
+                "INSERT OR IGNORE INTO collections(name, version, created_at, updated_at) VALUES (?, 0, ?, ?)",
+                (name, now, now),
+            )
+        return self.get_collection(name)
+
+    def list_collections(self) -> list[CollectionInfo]:
+        with self._read() as conn:
+            rows = conn.execute(
+                """SELECT c.name, c.version,
+                          (SELECT COUNT(*) FROM documents d WHERE d.collection = c.name),
+                          (SELECT COUNT(*) FROM chunks k WHERE k.collection = c.name)
+                   FROM collections c ORDER BY c.name"""
+            ).fetchall()
+        return [CollectionInfo(name=r[0], documents=r[2], chunks=r[3], version=r[1]) for r in rows]
+
+    def get_collection(self, name: str) -> CollectionInfo:
+        validate_collection_name(name)
+        with self._read() as conn:
+            row = conn.execute(
+                """SELECT c.version,
+                          (SELECT COUNT(*) FROM documents d WHERE d.collection = c.name),
+                          (SELECT COUNT(*) FROM chunks k WHERE k.collection = c.name)
+                   FROM collections c WHERE c.name = ?""",
+                (name,),
+            ).fetchone()
+        if row is None:
+            raise CollectionNotFoundError(name)
+        return CollectionInfo(name=name, documents=row[1], chunks=row[2], version=row[0])
+
+    def version(self, collection: str) -> int:
+        """The collection's version: one indexed row read, cheap enough to call on every search."""
+        row = self._conn().execute("SELECT version FROM collections WHERE name = ?", (collection,)).fetchone()
+        if row is None:
+            validate_collection_name(collection)
+            raise CollectionNotFoundError(collection)
+        return int(row[0])
+
+    # -- reads -----------------------------------------------------------------------------------
+
+    def snapshot(self, collection: str) -> CollectionSnapshot:
+        """Chunks and embeddings of `collection` with the version they belong to, read atomically."""
+        validate_collection_name(collection)
+        with self._read() as conn:
+            row = conn.execute("SELECT version, dim FROM collections WHERE name = ?", (collection,)).fetchone()
+            if row is None:
+                raise CollectionNotFoundError(collection)
+            version, dim = int(row[0]), row[1]
+            rows = conn.execute(
+                """SELECT doc_id, position, text, content_hash, metadata, embedding FROM chunks
+                   WHERE collection = ? ORDER BY doc_id, position""",
+                (collection,),
+            ).fetchall()
+        chunks: list[Chunk] = []
+        metas: dict[str, dict] = {}  # share one metadata dict per document
+        for doc_id, position, text, chash, meta_json, _ in rows:
+            meta = metas.get(doc_id)
+            if meta is None:
+                meta = metas[doc_id] = json.loads(meta_json)
+            chunks.append(_make_chunk(collection, doc_id, position, text, chash, meta))
+        if rows:
+            embeddings = np.frombuffer(b"".join(r[5] for r in rows), dtype=np.float32).reshape(len(rows), -1)
+        else:
+            embeddings = np.zeros((0, dim or 0), dtype=np.float32)
+        return CollectionSnapshot(collection, version, chunks, embeddings)
+
+    def load(self, collection: str) -> tuple[list[Chunk], np.ndarray]:
+        """All chunks of `collection` (ordered by doc id, position) and their (n, dim) embeddings."""
+        snap = self.snapshot(collection)
+        return snap.chunks, snap.embeddings
+
+    def get_document(self, collection: str, doc_id: str) -> Document | None:
+        """The stored document, or None if the collection has no such document."""
+        validate_collection_name(collection)
+        with self._read() as conn:
+            if conn.execute("SELECT 1 FROM collections WHERE name = ?", (collection,)).fetchone() is None:
+                raise CollectionNotFoundError(collection)
+            row = conn.execute(
+                "SELECT text, metadata FROM documents WHERE collection = ? AND doc_id = ?", (collection, doc_id)
+            ).fetchone()
+        if row is None:
+            return None
+        return Document(id=doc_id, text=row[0], metadata=json.loads(row[1]))
+
+    def list_document_ids(self, collection: str) -> list[str]:
+        validate_collection_name(collection)
+        with self._read() as conn:
+            if conn.execute("SELECT 1 FROM collections WHERE name = ?", (collection,)).fetchone() is None:
+                raise CollectionNotFoundError(collection)
+            rows = conn.execute(
+                "SELECT doc_id FROM documents WHERE collection = ? ORDER BY doc_id", (collection,)
+            ).fetchall()
+        return [r[0] for r in rows]
+
+    # -- writes ----------------------------------------------------------------------------------
+
+    def validate_documents(self, docs: Sequence[Document]) -> None:
+        """Raise InvalidDocumentError naming the first bad field; checks everything before any work."""
+        if not isinstance(docs, Sequence) or isinstance(docs, (str, bytes)):
+            raise InvalidDocumentError("documents", "must be a list of documents")
+        if not docs:
+            raise InvalidDocumentError("documents", "must contain at least one document")
+        if len(docs) > self.limits.max_documents_per_call:
+            raise InvalidDocumentError(
+                "documents", f"at most {self.limits.max_documents_per_call} documents per call, got {len(docs)}"
+            )
+        seen: dict[str, int] = {}
+        for i, doc in enumerate(docs):
+            where = f"documents[{i}]"
+            if not isinstance(doc, Document):
+                raise InvalidDocumentError(where, "must be a Document")
+            validate_doc_id(doc.id, f"{where}.id")
+            if doc.id in seen:
+                raise InvalidDocumentError(f"{where}.id", f"duplicate of documents[{seen[doc.id]}].id {doc.id!r}")
+            seen[doc.id] = i
+            if not isinstance(doc.text, str) or not doc.text.strip():
+                raise InvalidDocumentError(f"{where}.text", "must be a non-empty string")
+            if len(doc.text) > self.limits.max_document_chars:
+                raise InvalidDocumentError(
+                    f"{where}.text",
+                    f"{len(doc.text)} characters exceeds the limit of {self.limits.max_document_chars}",
+                )
+            if not isinstance(doc.metadata, dict):
+                raise InvalidDocumentError(f"{where}.metadata", "must be a JSON object")
+            try:
+                meta = json.dumps(doc.metadata, sort_keys=True, separators=(",", ":"), allow_nan=False)
+            except (TypeError, ValueError) as err:
+                raise InvalidDocumentError(f"{where}.metadata", f"must be JSON-serializable: {err}") from err
+            if len(meta.encode("utf-8")) > self.limits.max_metadata_bytes:
+                raise InvalidDocumentError(
+                    f"{where}.metadata", f"exceeds {self.limits.max_metadata_bytes} bytes as JSON"
+                )
+
+    def prepare_upsert(
+        self, collection: str, docs: Sequence[Document], chunker: Callable[[str], list[str]]
+    ) -> PreparedUpsert:
+        """Validate and chunk `docs`, and work out which chunk texts need embedding. Writes nothing."""
+        validate_collection_name(collection)
+        self.validate_documents(docs)
+        prepared: list[_PreparedDoc] = []
+        for i, doc in enumerate(docs):
+            texts = [t for t in chunker(doc.text) if t.strip()]
+            if not texts:
+                raise InvalidDocumentError(f"documents[{i}].text", "produced no chunks")
+            prepared.append(_PreparedDoc(doc, _document_hash(doc), texts, [content_hash(t) for t in texts]))
+        # Reuse embeddings of chunk texts already stored for these documents (edits usually touch a
+        # few chunks); an embedding depends only on the text, so a concurrent writer cannot make a
+        # reused vector wrong.
+        ids = [p.doc.id for p in prepared]
+        known: dict[str, np.ndarray] = {}
+        with self._read() as conn:
+            if conn.execute("SELECT 1 FROM collections WHERE name = ?", (collection,)).fetchone() is None:
+                raise CollectionNotFoundError(collection)
+            for start in range(0, len(ids), 500):
+                part = ids[start : start + 500]
+                marks = ",".join("?" * len(part))
+                for chash, blob in conn.execute(
+                    f"SELECT content_hash, embedding FROM chunks WHERE collection = ? AND doc_id IN ({marks})",
+                    (collection, *part),
+                ):
+                    known[chash] = np.frombuffer(blob, dtype=np.float32)
+        texts_to_embed: list[str] = []
+        hashes_to_embed: list[str] = []
+        pending: set[str] = set()
+        for p in prepared:
+            for text, chash in zip(p.chunk_texts, p.chunk_hashes):
+                if chash not in known and chash not in pending:
+                    pending.add(chash)
+                    texts_to_embed.append(text)
+                    hashes_to_embed.append(chash)
+        return PreparedUpsert(collection, prepared, texts_to_embed, hashes_to_embed, known)
+
+    def commit_upsert(self, prepared: PreparedUpsert, embeddings: np.ndarray | None) -> WriteResult:
+        """Write a prepared upsert in one transaction; `embeddings` rows match `texts_to_embed`."""
+        vectors = dict(prepared.known_embeddings)
+        if prepared.texts_to_embed:
+            matrix = _check_embeddings(embeddings, len(prepared.texts_to_embed))
+            vectors.update(zip(prepared.hashes_to_embed, matrix))
+        dims = {v.shape[0] for v in vectors.values()}
+        if len(dims) > 1:
+            raise EmbeddingError(f"embeddings of mixed dimensions {sorted(dims)}")
+        dim = dims.pop() if dims else None
+        collection = prepared.collection
+        now = time.time()
+        changed: list[Chunk] = []
+        removed: list[Chunk] = []
+        upserted: list[str] = []
+        skipped: list[str] = []
+        with self._write() as conn:
+            row = conn.execute("SELECT version, dim FROM collections WHERE name = ?", (collection,)).fetchone()
+            if row is None:
+                raise CollectionNotFoundError(collection)
+            version, stored_dim = int(row[0]), row[1]
+            if stored_dim is not None and dim is not None and stored_dim != dim:
+                raise EmbeddingError(f"collection {collection!r} holds {stored_dim}-d embeddings, got {dim}-d")
+            self._fault("begin")
+            for p in prepared.docs:
+                doc = p.doc
+                old = conn.execute(
+                    "SELECT content_hash FROM documents WHERE collection = ? AND doc_id = ?", (collection, doc.id)
+                ).fetchone()
+                if old is not None and old[0] == p.doc_hash:
+                    skipped.append(doc.id)
+                    continue
+                old_chunks = self._doc_chunks(conn, collection, doc.id)
+                meta_json = json.dumps(doc.metadata, sort_keys=True, separators=(",", ":"))
+                conn.execute(
+                    """INSERT INTO documents(collection, doc_id, text, metadata, content_hash, updated_at)
+                       VALUES (?, ?, ?, ?, ?, ?)
+                       ON CONFLICT(collection, doc_id) DO UPDATE SET text = excluded.text,
+                       metadata = excluded.metadata, content_hash = excluded.content_hash,
+                       updated_at = excluded.updated_at""",
+                    (collection, doc.id, doc.text, meta_json, p.doc_hash, now),
+                )
+                self._fault("document_written")
+                conn.execute("DELETE FROM chunks WHERE collection = ? AND doc_id = ?", (collection, doc.id))
+                self._fault("chunks_deleted")
+                new_chunks = [
+                    _make_chunk(collection, doc.id, pos, text, chash, doc.metadata)
+                    for pos, (text, chash) in enumerate(zip(p.chunk_texts, p.chunk_hashes))
+                ]
+                conn.executemany(
+                    """INSERT INTO chunks(collection, doc_id, position, text, content_hash, metadata, embedding)
+                       VALUES (?, ?, ?, ?, ?, ?, ?)""",
+                    [
+                        (collection, doc.id, c.position, c.text, c.content_hash, meta_json,
+                         vectors[c.content_hash].astype(np.float32, copy=False).tobytes())
+                        for c in new_chunks
+                    ],
+                )
+                self._fault("chunks_written")
+                old_keys = {(c.chunk_id, c.content_hash) for c in old_chunks}
+                new_keys = {(c.chunk_id, c.content_hash) for c in new_chunks}
+                changed.extend(c for c in new_chunks if (c.chunk_id, c.content_hash) not in old_keys)
+                removed.extend(c for c in old_chunks if (c.chunk_id, c.content_hash) not in new_keys)
+                upserted.append(doc.id)
+            if upserted:
+                version += 1
+                conn.execute(
+                    "UPDATE collections SET version = ?, dim = COALESCE(dim, ?), updated_at = ? WHERE name = ?",
+                    (version, dim, now, collection),
+                )
+            self._fault("before_commit")
+        if upserted:
+            logger.info(
+                "upserted %d documents into %s (v%d): %d chunks changed, %d removed, %d skipped",
+                len(upserted), collection, version, len(changed), len(removed), len(skipped),
+            )
+        return WriteResult(collection, version, upserted, changed, removed, skipped)
+
+    def upsert_documents(
+        self,
+        collection: str,
+        docs: Sequence[Document],
+        chunker: Callable[[str], list[str]],
+        embed: Callable[[list[str]], np.ndarray],
+    ) -> WriteResult:
+        """Insert or replace `docs` atomically. Chunking and embedding run before the transaction;
+        documents whose text and metadata are unchanged are skipped; the version is bumped once if
+        anything changed. On any failure nothing is written and the previous version stays readable."""
+        prepared = self.prepare_upsert(collection, docs, chunker)
+        embeddings = None
+        if prepared.texts_to_embed:
+            try:
+                embeddings = embed(list(prepared.texts_to_embed))
+            except Exception as err:
+                raise EmbeddingError(f"embedding {len(prepared.texts_to_embed)} chunks failed: {err}") from err
+        return self.commit_upsert(prepared, embeddings)
+
+    def delete_document(self, collection: str, doc_id: str) -> WriteResult:
+        """Delete one document and its chunks atomically and bump the version."""
+        validate_collection_name(collection)
+        validate_doc_id(doc_id)
+        with self._write() as conn:
+            row = conn.execute("SELECT version FROM collections WHERE name = ?", (collection,)).fetchone()
+            if row is None:
+                raise CollectionNotFoundError(collection)
+            old_chunks = self._doc_chunks(conn, collection, doc_id)
+            cur = conn.execute("DELETE FROM documents WHERE collection = ? AND doc_id = ?", (collection, doc_id))
+            if cur.rowcount == 0:
+                raise DocumentNotFoundError(collection, doc_id)
+            self._fault("document_deleted")
+            conn.execute("DELETE FROM chunks WHERE collection = ? AND doc_id = ?", (collection, doc_id))
+            version = int(row[0]) + 1
+            conn.execute(
+                "UPDATE collections SET version = ?, updated_at = ? WHERE name = ?", (version, time.time(), collection)
+            )
+            self._fault("before_commit")
+        logger.info("deleted %s/%s (v%d): %d chunks removed", collection, doc_id, version, len(old_chunks))
+        return WriteResult(collection, version, [], [], old_chunks)
+
+    @staticmethod
+    def _doc_chunks(conn: sqlite3.Connection, collection: str, doc_id: str) -> list[Chunk]:
+        rows = conn.execute(
+            """SELECT position, text, content_hash, metadata FROM chunks
+               WHERE collection = ? AND doc_id = ? ORDER BY position""",
+            (collection, doc_id),
+        ).fetchall()
+        return [_make_chunk(collection, doc_id, r[0], r[1], r[2], json.loads(r[3])) for r in rows]
+
+
+def _make_chunk(collection: str, doc_id: str, position: int, text: str, chash: str, metadata: dict) -> Chunk:
+    return Chunk(
+        chunk_id=f"{doc_id}#{position}",
+        doc_id=doc_id,
+        collection=collection,
+        position=position,
+        text=text,
+        content_hash=chash,
+        metadata=metadata,
+    )
+
+
+def _check_embeddings(embeddings: Any, n: int) -> np.ndarray:
+    """(n, dim) finite float32 rows, L2-normalized here so that search can use a plain dot product."""
+    try:
+        matrix = np.asarray(embeddings, dtype=np.float32)
+    except (TypeError, ValueError) as err:
+        raise EmbeddingError(f"embeddings are not a numeric array: {err}") from err
+    if matrix.ndim != 2 or matrix.shape[0] != n or matrix.shape[1] == 0:
+        raise EmbeddingError(f"expected embeddings of shape ({n}, dim), got {matrix.shape}")
+    if not np.isfinite(matrix).all():
+        raise EmbeddingError("embeddings contain NaN or infinity")
+    norms = np.linalg.norm(matrix, axis=1, keepdims=True)
+    if (norms == 0).any():
+        raise EmbeddingError("embeddings contain a zero vector")
+    return matrix / norms
