@@ -1,0 +1,58 @@
+import ast
+from pathlib import Path
+
+from retrieval.chunker import chunk_text
+from retrieval.samples import SAMPLE_COLLECTIONS, load_sample_collections, read_folder
+from retrieval.store import CollectionStore, StoreLimits
+from tests.fakes.hashing_embedder import HashingEmbedder, word_count
+
+REPO = Path(__file__).resolve().parents[3]
+
+
+def chunker(text: str) -> list[str]:
+    return chunk_text(text, word_count, target_tokens=64, max_tokens=96)
+
+
+def write_samples(root: Path) -> None:
+    (root / "support_kb").mkdir(parents=True)
+    for i in range(5):
+        (root / "support_kb" / f"article-{i}.md").write_text(f"# Article {i}\n\nBody of article {i}.\n")
+    (root / "support_kb" / "notes.txt").write_text("plain text without a heading")
+    (root / "support_kb" / "ignored.json").write_text("{}")
+    (root / "eval").mkdir()
+    (root / "eval" / "support_kb.jsonl").write_text('{"query": "q", "expected_doc": "article-1"}\n')
+
+
+def test_load_is_idempotent(tmp_path):
+    write_samples(tmp_path / "data")
+    store = CollectionStore(tmp_path / "db", limits=StoreLimits(max_documents_per_call=2))
+    embedder = HashingEmbedder(64)
+    progress = []
+    loaded = load_sample_collections(store, tmp_path / "data", chunker, embedder.embed, lambda *a: progress.append(a))
+    assert loaded["support_kb"] == 6
+    assert set(loaded) == set(SAMPLE_COLLECTIONS)  # all six exist, eval is not a collection
+    assert progress[-1] == ("support_kb", 6, 6)
+    assert store.get_document("support_kb", "article-3").metadata == {"title": "Article 3", "source": "article-3.md"}
+    assert store.get_document("support_kb", "notes").metadata["title"] == "notes"
+    version = store.version("support_kb")
+    again = load_sample_collections(store, tmp_path / "data", chunker, embedder.embed)
+    assert again["support_kb"] == 0 and store.version("support_kb") == version
+
+
+def test_read_folder_sorted(tmp_path):
+    write_samples(tmp_path / "data")
+    assert [d.id for d in read_folder(tmp_path / "data" / "support_kb")] == [
+        "article-0", "article-1", "article-2", "article-3", "article-4", "notes",
+    ]
+
+
+def test_retrieval_package_does_not_import_ray():
+    for path in (REPO / "retrieval").glob("*.py"):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            assert not any(n == "ray" or n.startswith("ray.") for n in names), f"{path.name} imports {names}"
