@@ -33,11 +33,11 @@ class SingleFlight(Generic[T]):
         loop = asyncio.get_running_loop()
         owned: list[str] = []
         waiting: dict[str, asyncio.Future[T]] = {}
-        for key in keys:
+        for key in dict.fromkeys(keys):  # dedupe, keep order
             fut = self._inflight.get(key)
             if fut is not None:
                 waiting[key] = fut
-            elif key not in owned:
+            else:
                 self._inflight[key] = loop.create_future()
                 owned.append(key)
         return owned, waiting
