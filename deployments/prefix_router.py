@@ -1,0 +1,212 @@
+"""Ray Serve request router for the vLLM pool: prefix affinity with bounded loads.
+
+Thin adapter: it turns Ray's pending request into a prefix key and Ray's replica queue-length cache
+into a plain mapping, asks ``routing.prefix_affinity.PrefixAffinityPolicy`` for a decision, and turns
+the decision back into Ray's ranked tiers. The policy itself lives, and is tested, without Ray.
+
+Configure it on the LLM deployment (``serve_config.yaml``)::
+
+    request_router_config:
+      request_router_class: deployments.prefix_router:PrefixAffinityRouter
+      request_router_kwargs: {load_factor: 1.25, block_size: 16, max_blocks: 64, vnodes: 128}
+
+One router instance runs in every process that holds a handle to the LLM deployment (each agent
+replica, the gateway, the proxy); they agree on the owner of a key without talking to each other
+because the ring is a pure function of the replica ids, which every router gets from the controller.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from ray.serve.request_router import PendingRequest, ReplicaID, RequestRouter, RunningReplica
+from ray.util import metrics
+
+from routing.prefix_affinity import (
+    DEFAULT_BLOCK_SIZE,
+    DEFAULT_MAX_BLOCKS,
+    PrefixAffinityPolicy,
+    RoutingDecision,
+    extract_prompt_tokens,
+    prefix_key,
+)
+
+if TYPE_CHECKING:
+    from ray.serve._private.replica_result import ReplicaResult
+
+__all__ = ["PrefixAffinityRouter", "PrefixRouterConfig"]
+
+logger = logging.getLogger(__name__)
+
+
+class PrefixRouterConfig(BaseModel):
+    """``request_router_kwargs`` of ``PrefixAffinityRouter``, validated once at router start."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    load_factor: float = Field(
+        default=1.25,
+        ge=1.0,
+        description="c in the load bound ceil(c * (in_flight + 1) / replicas); 1.0 is strict balance.",
+    )
+    vnodes: int = Field(default=128, ge=1, description="Virtual nodes per replica on the hash ring.")
+    block_size: int = Field(
+        default=DEFAULT_BLOCK_SIZE,
+        ge=1,
+        description="vLLM KV block size in tokens; only whole blocks enter the prefix key.",
+    )
+    max_blocks: int = Field(
+        default=DEFAULT_MAX_BLOCKS, ge=1, description="Most leading blocks hashed into the key."
+    )
+
+
+class PrefixAffinityRouter(RequestRouter):
+    """Routes LLM ``generate(request)`` calls by the prompt's token prefix; see the module docstring.
+
+    Returns two tiers: the policy's choice, then every other replica. Ray tries the first tier and,
+    only if that replica is at ``max_ongoing_requests`` (or does not answer its queue-length probe),
+    the least loaded of the second, so a request is never stuck behind a full replica. The first
+    attempt for a keyed request offers the chosen replica alone (see ``choose_replicas``).
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._config = PrefixRouterConfig()
+        self._policy = PrefixAffinityPolicy(self._config.load_factor, self._config.vnodes)
+        # internal_request_id -> the policy's last decision for a request not yet sent. Read when Ray
+        # reports where the request actually went, so the counter records placements, not attempts
+        # (a request can be routed several times when replicas are full). Entries live only while a
+        # request is in flight: bounded by the number of concurrent requests.
+        self._decisions: dict[str, RoutingDecision] = {}
+        self._routed_counter = metrics.Counter(
+            "tcrag_prefix_router_requests_routed",
+            description="LLM requests placed by the prefix-affinity router, by replica and reason.",
+            tag_keys=("deployment", "replica", "reason"),
+        ).set_default_tags({"deployment": self._deployment_id.name})
+
+    def initialize_state(self, **kwargs: Any) -> None:
+        """Called by Serve with ``request_router_config.request_router_kwargs``."""
+        try:
+            self._config = PrefixRouterConfig(**kwargs)
+        except ValidationError as err:
+            raise ValueError(f"invalid request_router_kwargs for PrefixAffinityRouter: {err}") from err
+        self._policy = PrefixAffinityPolicy(self._config.load_factor, self._config.vnodes)
+        logger.info("PrefixAffinityRouter for %s: %s", self._deployment_id, self._config)
+
+    def _request_key(self, pending_request: PendingRequest | None) -> str | None:
+        """The prefix key of the request's prompt, or None when it has none or is not recognised.
+
+        Serve resolves ``DeploymentResponse`` arguments before routing, so ``args[0]`` is the plain
+        request object the LLM deployment's ``generate(request)`` will receive.
+        """
+        if pending_request is None:
+            return None
+        if pending_request.args:
+            request = pending_request.args[0]
+        else:
+            request = pending_request.kwargs.get("request")
+        extracted = extract_prompt_tokens(request)
+        if extracted is None:
+            return None
+        tokens, prefix_len = extracted
+        try:
+            return prefix_key(
+                tokens,
+                block_size=self._config.block_size,
+                max_blocks=self._config.max_blocks,
+                context_end=prefix_len,
+            )
+        except ValueError:
+            # Malformed token IDs: the replica will reject the request with a proper error; routing
+            # it anywhere is fine.
+            logger.debug("no prefix key for request %s", pending_request.metadata.request_id)
+            return None
+
+    async def _queue_lengths(self, replicas: list[RunningReplica]) -> dict[str, int]:
+        """In-flight requests per replica id, as Ray's own routers see them.
+
+        Ray keeps a per-router cache of replica queue lengths: set from each replica's answer when a
+        request is sent (the rejection protocol reports ``num_ongoing_requests``), bumped on send,
+        decremented on completion, and expired after ``RAY_SERVE_QUEUE_LENGTH_CACHE_TIMEOUT_S``
+        (10 s). Like Ray's PrefixCacheAffinityRouter we read the cache and actively probe only the
+        replicas that are missing from it (new, expired, or the cache is off under Ray Client); a
+        replica that does not answer the probe counts as 0 here and is skipped by Ray's own
+        selection step, which probes again.
+        """
+        lengths: dict[str, int] = {}
+        missing: list[RunningReplica] = []
+        for replica in replicas:
+            queue_len = (
+                self._replica_queue_len_cache.get(replica.replica_id)
+                if self._use_replica_queue_len_cache
+                else None
+            )
+            if queue_len is None:
+                missing.append(replica)
+            else:
+                lengths[replica.replica_id.unique_id] = queue_len
+        if missing:
+            for replica, queue_len in await self._probe_queue_lens(missing, 0):
+                if queue_len is not None:
+                    lengths[replica.replica_id.unique_id] = queue_len
+        return lengths
+
+    async def choose_replicas(
+        self,
+        candidate_replicas: list[RunningReplica],
+        pending_request: PendingRequest | None = None,
+    ) -> list[list[RunningReplica]]:
+        if not candidate_replicas:
+            return []
+        if pending_request is not None:
+            # The routing context starts with should_backoff=False, and Ray's retry loop re-calls
+            # choose_replicas without sleeping while it is False (it is meant for the locality
+            # tiers). With every replica full that would be a hot loop of queue-length probes.
+            pending_request.routing_context.should_backoff = True
+
+        # The ring is keyed by ReplicaID.unique_id: stable for a replica's lifetime and the same in
+        # every router process, so all routers agree on each key's owner.
+        by_id = {replica.replica_id.unique_id: replica for replica in candidate_replicas}
+        key = self._request_key(pending_request)
+        lengths = await self._queue_lengths(candidate_replicas)
+        decision = self._policy.choose(list(by_id), key, lengths)
+        is_retry = False
+        if pending_request is not None:
+            request_id = pending_request.metadata.internal_request_id
+            is_retry = request_id in self._decisions
+            self._decisions[request_id] = decision
+
+        chosen = by_id[decision.replica_id]
+        others = [replica for rid, replica in by_id.items() if rid != decision.replica_id]
+        if not others or (key is not None and not is_retry):
+            # First attempt: the chosen replica alone. Ray skips a replica whose queue-length probe
+            # misses its 0.1 s deadline (a cold or CPU-starved replica), and with the other replicas
+            # in a second tier that miss alone would send the request, and its prefix, elsewhere.
+            # Offering only the chosen replica makes Ray retry it at once with a doubled deadline;
+            # from the retry on, the others follow as the fallback tier for a full replica.
+            return [[chosen]]
+        return [[chosen], others]
+
+    def on_request_routed(
+        self,
+        pending_request: PendingRequest,
+        replica_id: ReplicaID,
+        result: ReplicaResult,
+    ) -> None:
+        """Ray calls this once the replica accepted the request: count the actual placement."""
+        decision = self._decisions.pop(pending_request.metadata.internal_request_id, None)
+        if decision is None:
+            return
+        # If the chosen replica was full Ray fell through to the second tier: that is an overflow
+        # too, caught by max_ongoing_requests rather than by our bound.
+        reason = decision.reason if decision.replica_id == replica_id.unique_id else "overflow"
+        self._routed_counter.inc(tags={"replica": replica_id.unique_id, "reason": reason})
+
+    def on_request_completed(self, replica_id: ReplicaID, internal_request_id: str) -> None:
+        # Drop a decision that was never reported as routed (send failed, request cancelled, or the
+        # rejection protocol is off under Ray Client, where Ray does not call on_request_routed).
+        # A replica that rejects a request also completes it here; if its retry was decided before
+        # this callback runs, that one placement goes uncounted: a rare undercount, never a leak.
+        self._decisions.pop(internal_request_id, None)
