@@ -1,7 +1,8 @@
 """Token counters for the chunker: the served model's tokenizer, or a conservative estimate.
 
 Chunk budgets are in the served model's tokens, so the app passes its real tokenizer. Command-line
-tools accept a tokenizer folder (``--tokenizer`` or ``TCRAG_MODEL``); without one they fall back to
+tools accept a tokenizer folder (``--tokenizer``, ``TCRAG_MODEL``, else the prepared default model
+folder if present); without one they fall back to
 an estimate that over-counts (about 3 UTF-8 bytes per token, where BPE tokenizers average ~4 on
 English), which yields somewhat smaller chunks but never oversized ones in practice.
 """
@@ -27,6 +28,12 @@ def approx_token_count(text: str) -> int:
 def make_token_counter(tokenizer_path: str | None = None) -> Callable[[str], int]:
     """Count tokens with the HF tokenizer at `tokenizer_path` (or `$TCRAG_MODEL`), else estimate."""
     path = tokenizer_path or os.environ.get("TCRAG_MODEL")
+    if not path:
+        # Where scripts/prepare_model.py puts the embedded default model (same convention).
+        home = Path(os.environ.get("TCRAG_HOME", Path.home() / ".cache" / "token-cached-rag"))
+        default = home / "models" / "SmolLM2-135M-Instruct"
+        if (default / "tokenizer.json").is_file():
+            path = str(default)
     if path and Path(path).is_dir():
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         from transformers import AutoTokenizer

@@ -1,0 +1,91 @@
+"""Shared embedder deployment: one all-MiniLM-L6-v2 per replica, concurrent requests batched.
+
+Agents embed one short query per request; `@serve.batch` collects the queries that arrive within
+`batch_wait_timeout_s` into one forward pass, which on CPU costs about the same as a single query.
+Bulk callers (ingestion) send whole lists to `embed`, which is already a batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+
+import numpy as np
+from ray import serve
+
+from retrieval.embedder import Embedder, SentenceTransformerEmbedder
+
+__all__ = ["EmbedderServer", "make_remote_embed"]
+
+logger = logging.getLogger(__name__)
+
+
+class _EmbedderServerImpl:
+    """Plain class (testable without a cluster); `EmbedderServer` is its Serve deployment."""
+
+    def __init__(
+        self,
+        model_path: str | None = None,
+        device: str = "cpu",
+        max_batch_size: int = 32,
+        batch_wait_timeout_s: float = 0.005,
+        num_threads: int | None = None,
+        embedder: Embedder | None = None,
+    ) -> None:
+        self._embedder = embedder or SentenceTransformerEmbedder(model_path, device, num_threads=num_threads)
+        self.embed_one.set_max_batch_size(max_batch_size)
+        self.embed_one.set_batch_wait_timeout_s(batch_wait_timeout_s)
+        self._batches = 0
+        self._batched_calls = 0
+
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
+    async def embed_one(self, texts: list[str]) -> list[list[float]]:
+        """One text in, one vector out; Serve hands this method the batch of concurrent calls."""
+        self._batches += 1
+        self._batched_calls += len(texts)
+        vectors = await asyncio.to_thread(self._embedder.embed, texts)
+        return vectors.tolist()
+
+    async def embed(self, texts: list[str]) -> list[list[float]]:
+        """Vectors of `texts` (float32 values, unit-length rows) in one forward pass."""
+        if not texts:
+            return []
+        vectors = await asyncio.to_thread(self._embedder.embed, list(texts))
+        return vectors.tolist()
+
+    async def dim(self) -> int:
+        return self._embedder.dim
+
+    async def batch_stats(self) -> dict[str, int]:
+        """How many `embed_one` calls were served in how many batches (for tests and metrics)."""
+        return {"batches": self._batches, "calls": self._batched_calls}
+
+    async def check_health(self) -> None:
+        """Serve health check: the model must still answer."""
+        await asyncio.to_thread(self._embedder.embed, ["health"])
+
+
+EmbedderServer = serve.deployment(
+    _EmbedderServerImpl,
+    name="EmbedderServer",
+    ray_actor_options={"num_cpus": 0.1},
+    max_ongoing_requests=256,  # small requests; let @serve.batch see many at once
+)
+
+
+def make_remote_embed(handle, timeout_s: float = 30.0) -> Callable[[list[str]], Awaitable[np.ndarray]]:
+    """Adapt an EmbedderServer handle to the async embed callable RetrievalService takes.
+
+    A single text goes through the batched `embed_one` (query path); lists go to `embed`."""
+
+    async def embed(texts: list[str]) -> np.ndarray:
+        if len(texts) == 1:
+            response = handle.options(method_name="embed_one").remote(texts[0])
+            vectors = [await asyncio.wait_for(response, timeout_s)]
+        else:
+            response = handle.options(method_name="embed").remote(texts)
+            vectors = await asyncio.wait_for(response, timeout_s)
+        return np.asarray(vectors, dtype=np.float32).reshape(len(texts), -1)
+
+    return embed
