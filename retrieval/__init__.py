@@ -5,6 +5,7 @@ deployment lives in `deployments/embedder.py`. The heavy `SentenceTransformerEmb
 """
 
 from retrieval.chunker import chunk_text
+from retrieval.config import EmbedderConfig, RetrievalConfig
 from retrieval.embedder import Embedder, SentenceTransformerEmbedder, bundled_model_path, make_async_embed
 from retrieval.exceptions import (
     CollectionNotFoundError,
@@ -17,7 +18,7 @@ from retrieval.exceptions import (
     StoreWriteError,
 )
 from retrieval.index import ExactCosineIndex, SearchHit, VectorIndex
-from retrieval.samples import SAMPLE_COLLECTIONS, load_sample_collections, read_folder
+from retrieval.samples import SAMPLE_COLLECTIONS, load_sample_collections, pending_sample_loads, read_folder
 from retrieval.service import RetrievalService
 from retrieval.store import (
     Chunk,
@@ -42,11 +43,13 @@ __all__ = [
     "Document",
     "DocumentNotFoundError",
     "Embedder",
+    "EmbedderConfig",
     "EmbeddingError",
     "ExactCosineIndex",
     "InvalidCollectionNameError",
     "InvalidDocumentError",
     "InvalidInputError",
+    "RetrievalConfig",
     "RetrievalError",
     "RetrievalService",
     "SearchHit",
@@ -62,6 +65,7 @@ __all__ = [
     "load_sample_collections",
     "make_async_embed",
     "make_token_counter",
+    "pending_sample_loads",
     "read_folder",
     "validate_collection_name",
 ]

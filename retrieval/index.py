@@ -93,7 +93,7 @@ class ExactCosineIndex(VectorIndex):
             candidates = rows
         k = min(top_k, scores.shape[0])
         if k < scores.shape[0]:
-            top = np.argpartition(-scores, k - 1)[:k]
+            top = np.argpartition(scores, -k)[-k:]
         else:
             top = np.arange(scores.shape[0])
         # Sort by score descending, then by row for a stable order among equal scores.

@@ -15,7 +15,7 @@ import numpy as np
 
 from retrieval.store import COLLECTION_NAME_RE, DOC_ID_RE, CollectionStore, Document
 
-__all__ = ["SAMPLE_COLLECTIONS", "load_sample_collections", "read_folder"]
+__all__ = ["SAMPLE_COLLECTIONS", "load_sample_collections", "pending_sample_loads", "read_folder"]
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +60,30 @@ def read_folder(folder: Path) -> list[Document]:
     return docs
 
 
+def pending_sample_loads(store: CollectionStore, data_dir: Path) -> dict[str, list[Document]]:
+    """Create the default collections (and any other valid folder's) and return, per collection,
+    the documents to load: the folder's documents when the collection is empty, else none."""
+    data_dir = Path(data_dir)
+    names = list(SAMPLE_COLLECTIONS)
+    if data_dir.is_dir():
+        names.extend(
+            sorted(
+                p.name
+                for p in data_dir.iterdir()
+                if p.is_dir()
+                and p.name not in _SKIP_DIRS
+                and p.name not in names
+                and COLLECTION_NAME_RE.fullmatch(p.name)
+            )
+        )
+    pending: dict[str, list[Document]] = {}
+    for name in names:
+        info = store.create_collection(name)
+        folder = data_dir / name
+        pending[name] = read_folder(folder) if info.documents == 0 and folder.is_dir() else []
+    return pending
+
+
 def load_sample_collections(
     store: CollectionStore,
     data_dir: Path,
@@ -70,30 +94,17 @@ def load_sample_collections(
     """Create the six default collections and fill each empty one from `data_dir/<collection>/`.
 
     Returns the number of documents loaded per collection (0 when it was already populated or has no
-    folder). Documents go in batches no larger than the store's per-call limit; each batch is atomic.
+    folder). Documents go in batches no larger than the store's per-call limit; each batch is atomic,
+    and a batch that another process loaded meanwhile is skipped as unchanged.
     """
-    data_dir = Path(data_dir)
-    names = list(SAMPLE_COLLECTIONS)
-    if data_dir.is_dir():
-        extra = sorted(
-            p.name
-            for p in data_dir.iterdir()
-            if p.is_dir() and p.name not in _SKIP_DIRS and p.name not in names and COLLECTION_NAME_RE.fullmatch(p.name)
-        )
-        names.extend(extra)
     loaded: dict[str, int] = {}
-    batch_size = store.limits.max_documents_per_call
-    for name in names:
-        info = store.create_collection(name)
-        folder = data_dir / name
-        if info.documents > 0 or not folder.is_dir():
-            loaded[name] = 0
-            continue
-        docs = read_folder(folder)
+    batch_size = min(store.limits.max_documents_per_call, 32)
+    for name, docs in pending_sample_loads(store, data_dir).items():
         for start in range(0, len(docs), batch_size):
             store.upsert_documents(name, docs[start : start + batch_size], chunker, embed)
             if progress is not None:
                 progress(name, min(start + batch_size, len(docs)), len(docs))
         loaded[name] = len(docs)
-        logger.info("loaded %d sample documents into %s", len(docs), name)
+        if docs:
+            logger.info("loaded %d sample documents into %s", len(docs), name)
     return loaded

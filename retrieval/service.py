@@ -12,11 +12,13 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
 from retrieval.exceptions import EmbeddingError, InvalidInputError
 from retrieval.index import ExactCosineIndex, SearchHit, VectorIndex
+from retrieval.samples import Progress, pending_sample_loads
 from retrieval.store import CollectionInfo, CollectionStore, Document, WriteResult, validate_collection_name
 
 __all__ = ["RetrievalService"]
@@ -113,6 +115,21 @@ class RetrievalService:
 
     async def create_collection(self, name: str) -> CollectionInfo:
         return await asyncio.to_thread(self._store.create_collection, name)
+
+    async def load_samples(self, data_dir: Path, progress: Progress | None = None) -> dict[str, int]:
+        """Async form of `retrieval.samples.load_sample_collections` through this service's embedder
+        (e.g. the shared embedder deployment). Safe when several replicas start together: a batch
+        another replica already wrote is skipped as unchanged."""
+        pending = await asyncio.to_thread(pending_sample_loads, self._store, Path(data_dir))
+        batch_size = min(self._store.limits.max_documents_per_call, 32)
+        loaded: dict[str, int] = {}
+        for name, docs in pending.items():
+            for start in range(0, len(docs), batch_size):
+                await self.upsert(name, docs[start : start + batch_size])
+                if progress is not None:
+                    progress(name, min(start + batch_size, len(docs)), len(docs))
+            loaded[name] = len(docs)
+        return loaded
 
     async def _embed_query(self, query: str) -> np.ndarray:
         try:

@@ -56,3 +56,30 @@ def test_retrieval_package_does_not_import_ray():
             elif isinstance(node, ast.ImportFrom) and node.module:
                 names = [node.module]
             assert not any(n == "ray" or n.startswith("ray.") for n in names), f"{path.name} imports {names}"
+
+
+async def test_service_load_samples_uses_async_embed(tmp_path):
+    from retrieval.service import RetrievalService
+
+    write_samples(tmp_path / "data")
+    store = CollectionStore(tmp_path / "db")
+    embedder = HashingEmbedder(64)
+    service = RetrievalService(store, embedder.aembed, chunker)
+    loaded = await service.load_samples(tmp_path / "data")
+    assert loaded["support_kb"] == 6
+    hits = await service.search("support_kb", "Body of article 3", 1)
+    assert hits[0].chunk.doc_id == "article-3"
+    assert (await service.load_samples(tmp_path / "data"))["support_kb"] == 0
+
+
+def test_config_validation():
+    import pytest
+    from pydantic import ValidationError
+
+    from retrieval.config import RetrievalConfig
+
+    assert RetrievalConfig().max_tokens == 512
+    with pytest.raises(ValidationError):
+        RetrievalConfig(target_tokens=600, max_tokens=512)
+    with pytest.raises(ValidationError):
+        RetrievalConfig(unknown=1)
