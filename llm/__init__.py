@@ -1,1 +1,29 @@
-__all__: list[str] = []
+"""The LLM layer: engine adapter, replica logic and the values passed to and from replicas."""
+
+from llm.engine import EngineConfig, EngineSettings, EngineStep, LLMServer, TokenEngine, VLLMEngine, read_eos_token_ids
+from llm.exceptions import (
+    EngineDeadError,
+    GenerationError,
+    InvalidRequestError,
+    LLMError,
+    LLMUnavailableError,
+)
+from llm.types import GenerateRequest, GenerateResult, StreamDelta
+
+__all__ = [
+    "EngineConfig",
+    "EngineSettings",
+    "EngineStep",
+    "LLMServer",
+    "TokenEngine",
+    "VLLMEngine",
+    "read_eos_token_ids",
+    "EngineDeadError",
+    "GenerationError",
+    "InvalidRequestError",
+    "LLMError",
+    "LLMUnavailableError",
+    "GenerateRequest",
+    "GenerateResult",
+    "StreamDelta",
+]

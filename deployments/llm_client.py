@@ -1,0 +1,72 @@
+"""Calls into the LLM pool through a Serve handle, with a timeout and one retry on a lost replica.
+
+A replica that dies mid-request (engine crash, node loss) surfaces as an actor error; the request has
+not produced an answer yet, so it is safe to send it again, and the router picks a live replica.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+
+from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
+from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, ReplicaUnavailableError
+from ray.serve.handle import DeploymentHandle
+
+from llm import EngineDeadError, GenerateRequest, GenerateResult, InvalidRequestError, LLMUnavailableError, StreamDelta
+
+__all__ = ["LLMPoolClient"]
+
+logger = logging.getLogger(__name__)
+
+_REPLICA_LOST = (ActorDiedError, ActorUnavailableError, RayActorError, ReplicaUnavailableError, EngineDeadError)
+
+
+class LLMPoolClient:
+    """``generate`` and ``generate_stream`` against the pool; raises ``LLMUnavailableError`` on timeout."""
+
+    def __init__(self, handle: DeploymentHandle, timeout_s: float, retries: int = 1) -> None:
+        self._handle = handle
+        self._timeout_s = timeout_s
+        self._retries = retries
+
+    async def generate(self, request: GenerateRequest) -> GenerateResult:
+        last_err: BaseException | None = None
+        for attempt in range(self._retries + 1):
+            response = self._handle.generate.remote(request)
+            try:
+                return await asyncio.wait_for(_await(response), timeout=self._timeout_s)
+            except TimeoutError as err:
+                response.cancel()
+                raise LLMUnavailableError(f"the LLM pool did not answer within {self._timeout_s:.0f} s") from err
+            except InvalidRequestError:
+                raise
+            except _REPLICA_LOST as err:
+                last_err = err
+                logger.warning("LLM replica lost (attempt %d): %s", attempt + 1, err)
+            except (BackPressureError, DeploymentUnavailableError) as err:
+                raise LLMUnavailableError(f"the LLM pool is unavailable: {err}") from err
+        raise LLMUnavailableError(f"the LLM pool lost the request's replica: {last_err}") from last_err
+
+    async def generate_stream(self, request: GenerateRequest) -> AsyncIterator[StreamDelta]:
+        """Stream deltas; each delta must arrive within the timeout (a stalled stream is cancelled)."""
+        stream = self._handle.options(stream=True).generate_stream.remote(request)
+        iterator = stream.__aiter__()
+        while True:
+            try:
+                delta = await asyncio.wait_for(iterator.__anext__(), timeout=self._timeout_s)
+            except StopAsyncIteration:
+                return
+            except TimeoutError as err:
+                stream.cancel()
+                raise LLMUnavailableError(f"the LLM pool stalled for {self._timeout_s:.0f} s") from err
+            except InvalidRequestError:
+                raise
+            except (*_REPLICA_LOST, BackPressureError, DeploymentUnavailableError) as err:
+                raise LLMUnavailableError(f"the LLM pool failed mid-stream: {err}") from err
+            yield delta
+
+
+async def _await(response):  # DeploymentResponse is awaitable but not a coroutine; wait_for needs one
+    return await response

@@ -1,0 +1,49 @@
+"""Values passed between the gateway, the agents, the router and the LLM replicas."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+__all__ = ["GenerateRequest", "GenerateResult", "StreamDelta"]
+
+
+@dataclass(frozen=True, slots=True)
+class GenerateRequest:
+    """A token-ID prompt for one vLLM replica.
+
+    ``prefix_len`` marks where the shared context ends (system prompt plus retrieved chunks), so the
+    prefix-affinity router can key on the part of the prompt that repeats across requests.
+    ``cache_salt`` isolates prefix-cache blocks: requests with different salts never share them.
+    """
+
+    prompt_token_ids: list[int]
+    max_tokens: int = 64
+    temperature: float = 0.0
+    top_p: float = 1.0
+    stop_token_ids: list[int] = field(default_factory=list)
+    cache_salt: str | None = None
+    prefix_len: int | None = None
+    seed: int | None = None
+    request_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StreamDelta:
+    """New output tokens of a streamed request; the last delta of a stream has ``result`` set."""
+
+    token_ids: list[int]
+    result: "GenerateResult | None" = None
+
+
+@dataclass(frozen=True, slots=True)
+class GenerateResult:
+    """What a replica returns: output token IDs plus the accounting that benchmarks and clients need."""
+
+    token_ids: list[int]
+    prompt_tokens: int
+    num_cached_tokens: int
+    completion_tokens: int
+    finish_reason: str | None
+    ttft_s: float
+    total_s: float
+    replica_id: str = ""
