@@ -19,7 +19,7 @@ from ray.serve.handle import DeploymentHandle
 
 from cache.tokenizers import HuggingFaceTokenizer
 from deployments.llm_client import LLMPoolClient
-from llm import InvalidRequestError, LLMUnavailableError
+from llm import EngineDeadError, InvalidRequestError, LLMUnavailableError
 from llm.completions import CompletionRequest, CompletionsService
 
 __all__ = ["GatewayConfig", "Gateway", "app"]
@@ -27,6 +27,8 @@ __all__ = ["GatewayConfig", "Gateway", "app"]
 logger = logging.getLogger(__name__)
 
 app = FastAPI(title="token-cached-rag", version="0.1.0")
+
+RETRY_AFTER_S = 5  # hint sent with 503 answers; the pool usually recovers (replica restart) within seconds
 
 
 class GatewayConfig(BaseModel):
@@ -37,7 +39,6 @@ class GatewayConfig(BaseModel):
     model_path: str = Field(description="Folder of the served model (its tokenizer encodes text prompts).")
     model_name: str = Field(description="Name reported by /v1/models and checked against `model`.")
     request_timeout_s: float = Field(default=120.0, gt=0, description="Longest wait for the LLM pool.")
-    retry_after_s: int = Field(default=5, ge=1, description="Retry-After sent with 503 answers.")
 
 
 def _error(status: int, kind: str, message: str, field: str | None = None, headers: dict | None = None) -> JSONResponse:
@@ -71,6 +72,13 @@ async def _invalid_request(request: Request, exc: InvalidRequestError) -> JSONRe
     return _error(400, "invalid_request", str(exc), exc.field)
 
 
+@app.exception_handler(LLMUnavailableError)
+@app.exception_handler(EngineDeadError)
+async def _unavailable(request: Request, exc: Exception) -> JSONResponse:
+    # The pool (or its fallback) could not serve in time: tell the client when to come back.
+    return _error(503, "unavailable", str(exc), headers={"Retry-After": str(RETRY_AFTER_S)})
+
+
 @serve.deployment(name="gateway")
 @serve.ingress(app)
 class Gateway:
@@ -83,9 +91,6 @@ class Gateway:
             model_name=config.model_name,
         )
         self._app_name = serve.get_replica_context().app_name
-
-    def _unavailable(self, exc: Exception) -> JSONResponse:
-        return _error(503, "unavailable", str(exc), headers={"Retry-After": str(self._config.retry_after_s)})
 
     @app.get("/healthz")
     async def healthz(self) -> JSONResponse:
@@ -104,7 +109,4 @@ class Gateway:
 
     @app.post("/v1/completions")
     async def completions(self, body: CompletionRequest) -> Any:
-        try:
-            return await self._completions.complete(body)
-        except LLMUnavailableError as exc:
-            return self._unavailable(exc)
+        return await self._completions.complete(body)

@@ -10,7 +10,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 
-from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
+from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError, RayTaskError
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, ReplicaUnavailableError
 from ray.serve.handle import DeploymentHandle
 
@@ -36,12 +36,14 @@ class LLMPoolClient:
         for attempt in range(self._retries + 1):
             response = self._handle.generate.remote(request)
             try:
-                return await asyncio.wait_for(_await(response), timeout=self._timeout_s)
+                try:
+                    return await asyncio.wait_for(_await(response), timeout=self._timeout_s)
+                except RayTaskError as err:
+                    # The replica raised: hand on its own error (e.g. InvalidRequestError with its field).
+                    raise _unwrap(err) from err
             except TimeoutError as err:
                 response.cancel()
                 raise LLMUnavailableError(f"the LLM pool did not answer within {self._timeout_s:.0f} s") from err
-            except InvalidRequestError:
-                raise
             except _REPLICA_LOST as err:
                 last_err = err
                 logger.warning("LLM replica lost (attempt %d): %s", attempt + 1, err)
@@ -61,11 +63,18 @@ class LLMPoolClient:
             except TimeoutError as err:
                 stream.cancel()
                 raise LLMUnavailableError(f"the LLM pool stalled for {self._timeout_s:.0f} s") from err
-            except InvalidRequestError:
-                raise
+            except RayTaskError as err:
+                raise _unwrap(err) from err
             except (*_REPLICA_LOST, BackPressureError, DeploymentUnavailableError) as err:
                 raise LLMUnavailableError(f"the LLM pool failed mid-stream: {err}") from err
             yield delta
+
+
+def _unwrap(err: RayTaskError) -> BaseException:
+    cause = getattr(err, "cause", None)
+    if isinstance(cause, InvalidRequestError | EngineDeadError):
+        return cause
+    return err
 
 
 async def _await(response):  # DeploymentResponse is awaitable but not a coroutine; wait_for needs one

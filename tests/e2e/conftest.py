@@ -1,0 +1,32 @@
+"""The real app (Ray Serve + vLLM CPU + the embedded model), started once for all end-to-end tests."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.support.app_process import AppProcess
+
+
+@pytest.fixture(scope="package")
+def app(tmp_path_factory) -> AppProcess:
+    workdir = tmp_path_factory.mktemp("app")
+    env = {"TCRAG_DATA_DIR": str(workdir / "data"), "RAY_DEDUP_LOGS": "0"}
+    process = AppProcess(env=env, log_path=workdir / "serve.log")
+    print(f"\n[e2e] starting the app (log: {process.log_path})", file=sys.stderr, flush=True)
+    start_s = process.start()
+    print(f"[e2e] app healthy after {start_s:.0f} s", file=sys.stderr, flush=True)
+    yield process
+    process.stop()
+    if os.environ.get("CI"):
+        # Keep the tail of the app's log in CI output, where nothing else survives the run.
+        tail = Path(process.log_path).read_text(errors="replace").splitlines()[-40:]
+        print("\n[e2e] last lines of serve.log:\n" + "\n".join(tail), file=sys.stderr)
+
+
+@pytest.fixture(scope="package")
+def base_url(app: AppProcess) -> str:
+    return app.base_url

@@ -1,0 +1,86 @@
+"""Runs the real app the way a user does (`serve run serve_config.yaml`) for the end-to-end tests."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def http_json(method: str, url: str, body: object | None = None, timeout_s: float = 300.0,
+              headers: dict[str, str] | None = None) -> tuple[int, dict]:
+    """One JSON request; returns (status, parsed body) for 2xx and error statuses alike."""
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, method=method,
+                                     headers={"Content-Type": "application/json", **(headers or {})})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout_s) as response:
+            return response.status, json.loads(response.read() or b"{}")
+    except urllib.error.HTTPError as err:
+        raw = err.read()
+        try:
+            return err.code, json.loads(raw or b"{}")
+        except json.JSONDecodeError:
+            return err.code, {"raw": raw.decode(errors="replace")}
+
+
+class AppProcess:
+    """`serve run` in a subprocess with its own environment; waits for /healthz and shuts down cleanly."""
+
+    def __init__(self, env: dict[str, str], log_path: Path, port: int = 8000,
+                 config: Path = REPO / "serve_config.yaml") -> None:
+        self.env = env
+        self.log_path = log_path
+        self.base_url = f"http://127.0.0.1:{port}"
+        self.config = config
+        self._proc: subprocess.Popen | None = None
+
+    def start(self, timeout_s: float = 900.0) -> float:
+        """Start the app and return how long it took until /healthz answered 200."""
+        serve = Path(sys.executable).with_name("serve")
+        started = time.monotonic()
+        self._log = self.log_path.open("w")
+        self._proc = subprocess.Popen(
+            [str(serve), "run", str(self.config)], cwd=REPO, env={**os.environ, **self.env},
+            stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        last_report = started
+        while time.monotonic() - started < timeout_s:
+            if self._proc.poll() is not None:
+                raise RuntimeError(f"serve run exited with {self._proc.returncode}; see {self.log_path}")
+            try:
+                status, _ = http_json("GET", f"{self.base_url}/healthz", timeout_s=5)
+                if status == 200:
+                    return time.monotonic() - started
+            except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
+                pass
+            if time.monotonic() - last_report > 30:
+                last_report = time.monotonic()
+                print(f"[e2e] waiting for the app ({time.monotonic() - started:.0f} s)", file=sys.stderr, flush=True)
+            time.sleep(2)
+        self.stop()
+        raise RuntimeError(f"app not healthy after {timeout_s:.0f} s; see {self.log_path}")
+
+    def stop(self) -> None:
+        if self._proc is None:
+            return
+        if self._proc.poll() is None:
+            # SIGINT is what Ctrl-C sends: `serve run` then shuts down Serve and the Ray it started.
+            os.killpg(self._proc.pid, signal.SIGINT)
+            try:
+                self._proc.wait(timeout=90)
+            except subprocess.TimeoutExpired:
+                os.killpg(self._proc.pid, signal.SIGKILL)
+                self._proc.wait()
+        subprocess.run([str(Path(sys.executable).with_name("ray")), "stop", "--force"],
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
+        self._proc = None
+        self._log.close()
