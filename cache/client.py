@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from cache.breaker import BreakerState, CircuitBreaker
 from cache.codec import HEADER_SIZE, decode_tokens, encode_tokens
 from cache.exceptions import CorruptEntryError
 from cache.keys import ChunkKey, ChunkRef
@@ -69,6 +70,12 @@ class TokenCacheConfig(BaseModel):
     )
     tokenize_batch_size: int = Field(
         256, ge=1, description="Most texts passed to the tokenizer in one batch call."
+    )
+    shard_failure_threshold: int = Field(
+        2, ge=1, description="Consecutive failures of one shard that open its circuit breaker (calls skipped)."
+    )
+    shard_cooldown_s: float = Field(
+        1.0, gt=0, description="Seconds a shard's open breaker waits before one probe call is let through."
     )
     hash_ring_vnodes: int = Field(128, ge=1, description="Virtual nodes per shard on the consistent-hash ring.")
 
@@ -123,6 +130,10 @@ class TokenCache:
         # Counters (client's view of each tier).
         self._l0_counters = TierCounters()
         self._shard_counters = {sid: TierCounters() for sid in self._shards}
+        # One breaker per shard: a dead shard costs one timeout per cooldown, not one per request.
+        self._shard_breakers = {
+            sid: CircuitBreaker(config.shard_failure_threshold, config.shard_cooldown_s) for sid in self._shards
+        }
         self._redis_corruptions = 0
         self._tokenize = TierCounters()
         self._tokens_tokenized = 0
@@ -272,13 +283,21 @@ class TokenCache:
 
     async def _shard_get(self, shard_id: str, keys: list[str]) -> dict[str, bytes]:
         counters = self._shard_counters[shard_id]
+        breaker = self._shard_breakers[shard_id]
+        if not breaker.allow():
+            return {}  # skipped: counted as misses by the caller, rejected count in stats
         t0 = self._clock()
         try:
             reply = await asyncio.wait_for(self._shards[shard_id].get_many(keys), self.config.shard_timeout_s)
+        except asyncio.CancelledError:
+            breaker.record_failure()
+            raise
         except Exception as err:  # noqa: BLE001 - a shard failure is a miss for that tier, never an error
+            breaker.record_failure()
             counters.errors += 1
             logger.debug("shard %s get_many failed: %s", shard_id, err)
             return {}
+        breaker.record_success()
         counters.latency.add((self._clock() - t0) * 1000)
         return reply
 
@@ -304,6 +323,8 @@ class TokenCache:
             for key, raw in shard_items.items():
                 groups.setdefault(self._ring.lookup(key), {})[key] = raw
             for sid, items in groups.items():
+                if self._shard_breakers[sid].state is not BreakerState.CLOSED:
+                    continue  # the shard is failing; its reads are skipped, so skip writes too
                 calls.append(self._shards[sid].put_many(items, {k: owners[k] for k in items}))
         if redis_items and self._redis is not None:
             calls.append(self._redis.put_many(redis_items, owners={k: owners[k] for k in redis_items}))
@@ -400,7 +421,11 @@ class TokenCache:
                 "lookup_p99_ms": _merged_percentile(self._hit_latency, self._miss_latency, 99),
             },
             L0: l0.to_dict(),
-            "shards": {sid: c.snapshot().to_dict() for sid, c in self._shard_counters.items()},
+            "shards": {
+                sid: c.snapshot().to_dict()
+                | {"breaker": self._shard_breakers[sid].state.value, "skipped_calls": self._shard_breakers[sid].rejected}
+                for sid, c in self._shard_counters.items()
+            },
             REDIS: redis,
             "tokenizer": {
                 "texts": tok.misses,

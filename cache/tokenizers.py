@@ -125,7 +125,7 @@ class HuggingFaceTokenizer(TokenizerBackend):
         return [list(ids) for ids in out["input_ids"]]
 
     def decode(self, ids: Sequence[int]) -> str:
-        return self._tok.decode(list(ids))
+        return self._tok.decode(list(ids), skip_special_tokens=True)
 
     @property
     def vocab_size(self) -> int:

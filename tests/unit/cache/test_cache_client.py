@@ -208,3 +208,15 @@ async def test_tokenizer_error_reaches_caller_and_releases_keys():
     with pytest.raises(RuntimeError):
         await cache.get_tokens(chunks(2))
     assert len(cache._flight) == 0
+
+
+async def test_dead_shard_is_skipped_by_its_breaker():
+    tok = FakeTokenizer()
+    dead = FailingShardClient("s0", hang=True)
+    cfg = TokenCacheConfig(shard_timeout_s=0.02, shard_failure_threshold=2, shard_cooldown_s=60)
+    cache = TokenCache(tok, [dead], None, cfg)
+    for i in range(10):
+        assert (await cache.get_tokens(chunks(2, doc=f"d{i}"))).misses == 2
+    assert dead.calls == 3  # 2 reads + 1 write-through; after the 2nd read timeout it is skipped
+    shard = cache.stats()["shards"]["s0"]
+    assert shard["breaker"] == "open" and shard["skipped_calls"] == 8
