@@ -12,9 +12,13 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 
-from cache.lru import ByteBoundedLRU
+from cache.lru import DEFAULT_ENTRY_OVERHEAD_BYTES, ByteBoundedLRU
 
 __all__ = ["CacheShard", "ShardClient", "LocalShardClient"]
+
+# Measured cost of the invalidation index per entry in the worst case (one chunk per document: a set
+# per document plus the owner set per key); charged to the byte budget with the LRU's own overhead.
+INDEX_OVERHEAD_BYTES = 512
 
 
 class CacheShard:
@@ -30,7 +34,13 @@ class CacheShard:
         ttl_s: float | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self._lru = ByteBoundedLRU(max_bytes, ttl_s=ttl_s, clock=clock, on_remove=self._unindex)
+        self._lru = ByteBoundedLRU(
+            max_bytes,
+            ttl_s=ttl_s,
+            clock=clock,
+            on_remove=self._unindex,
+            entry_overhead_bytes=DEFAULT_ENTRY_OVERHEAD_BYTES + INDEX_OVERHEAD_BYTES,
+        )
         self._owners: dict[str, set[tuple[str, str]]] = {}
         self._by_doc: dict[tuple[str, str], set[str]] = {}
         self._by_collection: dict[str, set[str]] = {}

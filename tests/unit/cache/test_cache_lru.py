@@ -12,7 +12,7 @@ class FakeClock:
 
 
 def size(key, n):
-    return ByteBoundedLRU.entry_size(key, b"x" * n)
+    return ByteBoundedLRU(1).entry_size(key, b"x" * n)
 
 
 def test_evicts_least_recently_used_first():
@@ -32,11 +32,11 @@ def test_byte_bound_holds_when_filled_past_it():
         lru.put(f"k{i}", b"y" * (i % 300 + 1))
         assert lru.size_bytes <= 10_000
     assert lru.entries < 1000
-    assert lru.size_bytes == sum(ByteBoundedLRU.entry_size(k, lru.get(k, touch=False)) for k in lru.keys())
+    assert lru.size_bytes == sum(lru.entry_size(k, lru.get(k, touch=False)) for k in lru.keys())
 
 
 def test_entry_larger_than_budget_is_not_stored():
-    lru = ByteBoundedLRU(max_bytes=500)
+    lru = ByteBoundedLRU(max_bytes=1000)
     lru.put("small", b"s")
     assert lru.put("huge", b"h" * 1000) is False
     assert lru.get("huge") is None

@@ -33,7 +33,8 @@ def test_shared_content_key_is_indexed_under_each_owner():
 
 def test_index_follows_eviction_and_expiry():
     clock = FakeClock()
-    shard = CacheShard(max_bytes=2 * (100 + 2 + 64), ttl_s=10, clock=clock)
+    probe = CacheShard(max_bytes=1 << 20).lru.entry_size("k0", b"x" * 100)
+    shard = CacheShard(max_bytes=2 * probe, ttl_s=10, clock=clock)
     shard.put_many({f"k{i}": b"x" * 100 for i in range(5)}, {f"k{i}": ("col", f"d{i}") for i in range(5)})
     stats = shard.stats()
     assert stats["entries"] == 2 and stats["evictions"] == 3 and stats["size_bytes"] <= stats["max_bytes"]

