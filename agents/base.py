@@ -1,0 +1,78 @@
+"""The agent contract: what differs between the six agents, and nothing else.
+
+An agent is a plain class: its collection, system prompt, request schema, how a request becomes a
+retrieval query and a user message, and how the model's text becomes a structured output. Retrieval,
+the token cache, prompt assembly and generation are shared (``cache.token_cached_rag``) and the Serve
+wrapper is in ``deployments/agent.py``.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = ["AgentRequest", "AgentCacheSettings", "RetrievedSource", "Agent"]
+
+MAX_QUERY_CHARS = 4_000
+MAX_CODE_CHARS = 20_000
+
+
+class AgentRequest(BaseModel):
+    """Fields every agent route accepts besides its own."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    top_k: int = Field(default=5, ge=1, le=20, description="Chunks to retrieve as context.")
+    max_tokens: int = Field(default=128, ge=1, le=1024, description="Most tokens to generate.")
+    temperature: float = Field(default=0.0, ge=0.0, le=2.0, description="Sampling temperature; 0 is greedy.")
+    stream: bool = Field(default=False, description="Answer with server-sent events.")
+    use_cache: bool = Field(
+        default=True,
+        description="false serves the request as plain RAG: text prompt, tokenized per request, no token "
+        "cache and no vLLM prefix reuse (the benchmark baseline).",
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class AgentCacheSettings:
+    """Token-cache budget and lifetime for one agent (the original plan's per-agent numbers)."""
+
+    ttl_s: int
+    max_cache_size_mb: int
+
+
+@dataclass(frozen=True, slots=True)
+class RetrievedSource:
+    """A retrieved chunk as post-processing sees it."""
+
+    chunk_id: str
+    doc_id: str
+    title: str
+    text: str
+    score: float
+
+
+class Agent(abc.ABC):
+    """One agent's specifics. Subclasses set the class attributes and implement the three methods."""
+
+    name: ClassVar[str]  # URL segment and deployment name, e.g. "support"
+    route: ClassVar[str]  # action segment, e.g. "answer" -> POST /v1/agents/support/answer
+    collection: ClassVar[str]  # default collection, e.g. "support_kb"
+    system_prompt: ClassVar[str]
+    request_model: ClassVar[type[AgentRequest]]
+    cache_settings: ClassVar[AgentCacheSettings]
+
+    @abc.abstractmethod
+    def retrieval_query(self, request: AgentRequest) -> str:
+        """Text to embed and search the collection with."""
+
+    @abc.abstractmethod
+    def user_message(self, request: AgentRequest) -> str:
+        """The user turn of the prompt (the part that differs per request; it comes after the context)."""
+
+    @abc.abstractmethod
+    def postprocess(self, text: str, sources: list[RetrievedSource], request: AgentRequest) -> Any:
+        """Turn the model's text into this agent's JSON output. Must never raise on odd model output."""
