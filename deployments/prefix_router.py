@@ -28,7 +28,6 @@ from routing.prefix_affinity import (
     DEFAULT_BLOCK_SIZE,
     DEFAULT_MAX_BLOCKS,
     PrefixAffinityPolicy,
-    RoutingDecision,
     extract_prompt_tokens,
     prefix_key,
 )
@@ -75,11 +74,6 @@ class PrefixAffinityRouter(RequestRouter):
         super().__init__(*args, **kwargs)
         self._config = PrefixRouterConfig()
         self._policy = PrefixAffinityPolicy(self._config.load_factor, self._config.vnodes)
-        # internal_request_id -> the policy's last decision for a request not yet sent. Read when Ray
-        # reports where the request actually went, so the counter records placements, not attempts
-        # (a request can be routed several times when replicas are full). Entries live only while a
-        # request is in flight: bounded by the number of concurrent requests.
-        self._decisions: dict[str, RoutingDecision] = {}
         self._routed_counter = metrics.Counter(
             "tcrag_prefix_router_requests_routed",
             description="LLM requests placed by the prefix-affinity router, by replica and reason.",
@@ -160,10 +154,12 @@ class PrefixAffinityRouter(RequestRouter):
     ) -> list[list[RunningReplica]]:
         if not candidate_replicas:
             return []
+        # The routing context of a new request starts with should_backoff=False, and Ray's retry loop
+        # re-calls choose_replicas without sleeping while it is False (that is meant for the
+        # locality tiers); with every replica full it would spin on queue-length probes. So we set
+        # it on the first call, which also makes it our stateless "first attempt" flag.
+        first_attempt = pending_request is None or not pending_request.routing_context.should_backoff
         if pending_request is not None:
-            # The routing context starts with should_backoff=False, and Ray's retry loop re-calls
-            # choose_replicas without sleeping while it is False (it is meant for the locality
-            # tiers). With every replica full that would be a hot loop of queue-length probes.
             pending_request.routing_context.should_backoff = True
 
         # The ring is keyed by ReplicaID.unique_id: stable for a replica's lifetime and the same in
@@ -172,20 +168,15 @@ class PrefixAffinityRouter(RequestRouter):
         key = self._request_key(pending_request)
         lengths = await self._queue_lengths(candidate_replicas)
         decision = self._policy.choose(list(by_id), key, lengths)
-        is_retry = False
-        if pending_request is not None:
-            request_id = pending_request.metadata.internal_request_id
-            is_retry = request_id in self._decisions
-            self._decisions[request_id] = decision
 
         chosen = by_id[decision.replica_id]
         others = [replica for rid, replica in by_id.items() if rid != decision.replica_id]
-        if not others or (key is not None and not is_retry):
+        if not others or (key is not None and first_attempt):
             # First attempt: the chosen replica alone. Ray skips a replica whose queue-length probe
             # misses its 0.1 s deadline (a cold or CPU-starved replica), and with the other replicas
             # in a second tier that miss alone would send the request, and its prefix, elsewhere.
-            # Offering only the chosen replica makes Ray retry it at once with a doubled deadline;
-            # from the retry on, the others follow as the fallback tier for a full replica.
+            # Offering only the chosen replica makes Ray retry at once with a doubled deadline; from
+            # the retry on, the others follow as the fallback tier for a full replica.
             return [[chosen]]
         return [[chosen], others]
 
@@ -195,18 +186,25 @@ class PrefixAffinityRouter(RequestRouter):
         replica_id: ReplicaID,
         result: ReplicaResult,
     ) -> None:
-        """Ray calls this once the replica accepted the request: count the actual placement."""
-        decision = self._decisions.pop(pending_request.metadata.internal_request_id, None)
-        if decision is None:
-            return
-        # If the chosen replica was full Ray fell through to the second tier: that is an overflow
-        # too, caught by max_ongoing_requests rather than by our bound.
-        reason = decision.reason if decision.replica_id == replica_id.unique_id else "overflow"
-        self._routed_counter.inc(tags={"replica": replica_id.unique_id, "reason": reason})
+        """Ray calls this once the replica accepted the request: count the actual placement.
 
-    def on_request_completed(self, replica_id: ReplicaID, internal_request_id: str) -> None:
-        # Drop a decision that was never reported as routed (send failed, request cancelled, or the
-        # rejection protocol is off under Ray Client, where Ray does not call on_request_routed).
-        # A replica that rejects a request also completes it here; if its retry was decided before
-        # this callback runs, that one placement goes uncounted: a rare undercount, never a leak.
-        self._decisions.pop(internal_request_id, None)
+        The reason is recomputed rather than remembered from ``choose_replicas``: a request can be
+        chosen several times (full replicas, rejections) and a per-request memo would need cleanup
+        on paths Ray does not report (cancellation before routing). Recomputing costs one hash.
+        Under Ray Client, where the rejection protocol is off, Ray does not call this hook and the
+        counter stays at zero.
+        """
+        key = self._request_key(pending_request)
+        replica = replica_id.unique_id
+        if key is None:
+            reason = "no_key"
+        elif self._policy.owner(list(self._replicas_by_unique_id()), key) == replica:
+            reason = "affinity"
+        else:
+            # Placed off the key's owner: by our load bound, or by Ray because the owner was at
+            # max_ongoing_requests or did not answer its probe.
+            reason = "overflow"
+        self._routed_counter.inc(tags={"replica": replica, "reason": reason})
+
+    def _replicas_by_unique_id(self) -> dict[str, RunningReplica]:
+        return {replica_id.unique_id: r for replica_id, r in self.curr_replicas.items()}

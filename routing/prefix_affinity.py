@@ -153,6 +153,12 @@ class PrefixAffinityPolicy:
             self._ring_nodes = nodes
         return self._ring
 
+    def owner(self, candidates: Sequence[str], key: str) -> str:
+        """The replica that owns ``key`` on the ring of ``candidates``, ignoring load."""
+        if not candidates:
+            raise ValueError("no candidate replicas")
+        return self._ring_for(sorted(set(candidates))).lookup(key)
+
     def load_bound(self, num_replicas: int, total_in_flight: int) -> int:
         """Most requests a replica may hold before the next one overflows: ceil(c * (m + 1) / n).
 

@@ -164,3 +164,13 @@ def test_invalid_arguments() -> None:
 def test_single_replica_takes_everything() -> None:
     policy = PrefixAffinityPolicy()
     assert policy.choose(["only"], "k", {"only": 50}) == RoutingDecision("only", "affinity")
+
+
+def test_owner_ignores_load_and_matches_the_idle_choice() -> None:
+    policy = PrefixAffinityPolicy()
+    for key in _keys(20):
+        owner = policy.owner(REPLICAS, key)
+        assert owner == policy.choose(REPLICAS, key, IDLE).replica_id
+        assert policy.owner(REPLICAS, key) == owner
+    with pytest.raises(ValueError):
+        policy.owner([], "k")

@@ -1,0 +1,139 @@
+"""PrefixAffinityRouter's adaptation of Ray types, driven directly (Ray imported, no cluster started).
+
+Fake replicas stand in for Ray's RunningReplica (only ``replica_id`` and ``max_ongoing_requests`` are
+read); queue lengths are placed in the router's own queue-length cache so no probe RPC is made.
+Tests are async because Ray's PendingRequest creates its future on the running event loop.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pytest
+
+pytest.importorskip("ray")
+from ray.serve._private.common import (  # noqa: E402
+    DeploymentHandleSource,
+    DeploymentID,
+    ReplicaID,
+    RequestMetadata,
+)
+from ray.serve.request_router import PendingRequest  # noqa: E402
+
+from deployments.prefix_router import PrefixAffinityRouter  # noqa: E402
+from routing.prefix_affinity import PrefixAffinityPolicy, prefix_key  # noqa: E402
+
+pytestmark = pytest.mark.integration
+
+DEPLOYMENT = DeploymentID(name="LLMServer", app_name="tcrag")
+CONTEXT = list(range(3000, 3000 + 64))
+
+
+@dataclass
+class FakeRunningReplica:
+    replica_id: ReplicaID
+    max_ongoing_requests: int = 8
+
+
+def _replicas(*names: str) -> list[FakeRunningReplica]:
+    return [FakeRunningReplica(ReplicaID(unique_id=n, deployment_id=DEPLOYMENT)) for n in names]
+
+
+def _pending(arg, request_id: str = "r1") -> PendingRequest:
+    metadata = RequestMetadata(request_id=request_id, internal_request_id=request_id)
+    return PendingRequest(args=[arg], kwargs={}, metadata=metadata)
+
+
+def _router(replicas, queue_lengths: dict[str, int], **kwargs) -> PrefixAffinityRouter:
+    router = PrefixAffinityRouter(
+        deployment_id=DEPLOYMENT,
+        handle_source=DeploymentHandleSource.UNKNOWN,
+        use_replica_queue_len_cache=True,
+    )
+    router.initialize_state(**kwargs)
+    for replica in replicas:
+        router.replica_queue_len_cache.update(
+            replica.replica_id, queue_lengths.get(replica.replica_id.unique_id, 0)
+        )
+    router._replicas = {r.replica_id: r for r in replicas}
+    return router
+
+
+async def _choose(router, replicas, pending):
+    return await router.choose_replicas(replicas, pending)
+
+
+def _ids(tiers) -> list[list[str]]:
+    return [[r.replica_id.unique_id for r in tier] for tier in tiers]
+
+
+async def test_first_attempt_offers_the_owner_alone_then_adds_the_others() -> None:
+    replicas = _replicas("a", "b", "c")
+    router = _router(replicas, {})
+    owner = PrefixAffinityPolicy().owner(["a", "b", "c"], prefix_key(CONTEXT))
+    pending = _pending({"prompt_token_ids": CONTEXT + [1, 2, 3], "prefix_len": len(CONTEXT)})
+
+    assert _ids(await _choose(router, replicas, pending)) == [[owner]]
+    # Ray backs off between retries only when should_backoff is set.
+    assert pending.routing_context.should_backoff is True
+
+    tiers = _ids(await _choose(router, replicas, pending))
+    assert tiers[0] == [owner]
+    assert sorted(tiers[1]) == sorted({"a", "b", "c"} - {owner})
+
+
+async def test_reads_all_request_shapes_and_uses_prefix_len() -> None:
+    replicas = _replicas("a", "b", "c", "d")
+    router = _router(replicas, {})
+    owner = PrefixAffinityPolicy().owner(["a", "b", "c", "d"], prefix_key(CONTEXT))
+
+    @dataclass
+    class GenerateRequest:
+        prompt_token_ids: list[int]
+        prefix_len: int | None = None
+
+    shapes = [
+        list(CONTEXT),
+        {"prompt_token_ids": CONTEXT + [9] * 40, "prefix_len": len(CONTEXT)},
+        GenerateRequest(CONTEXT + [8] * 40, prefix_len=len(CONTEXT)),
+    ]
+    for i, shape in enumerate(shapes):
+        assert _ids(await _choose(router, replicas, _pending(shape, f"r{i}")))[0] == [owner]
+
+
+async def test_overloaded_owner_overflows_and_no_key_goes_to_least_loaded() -> None:
+    replicas = _replicas("a", "b")
+    owner = PrefixAffinityPolicy().owner(["a", "b"], prefix_key(CONTEXT))
+    other = "b" if owner == "a" else "a"
+    router = _router(replicas, {owner: 4, other: 0})  # bound = ceil(1.25 * 5 / 2) = 4
+    assert _ids(await _choose(router, replicas, _pending(list(CONTEXT))))[0] == [other]
+
+    router = _router(replicas, {"a": 3, "b": 1})
+    assert _ids(await _choose(router, replicas, _pending("text, not tokens"))) == [["b"], ["a"]]
+    assert _ids(await _choose(router, replicas, _pending([1, 2, 3], "short"))) == [["b"], ["a"]]
+
+
+def test_router_kwargs_are_validated() -> None:
+    with pytest.raises(ValueError, match="load_factor"):
+        _router([], {}, load_factor=0.5)
+    with pytest.raises(ValueError, match="unknown_knob"):
+        _router([], {}, unknown_knob=1)
+
+
+async def test_on_request_routed_counts_by_replica_and_reason(monkeypatch) -> None:
+    replicas = _replicas("a", "b")
+    router = _router(replicas, {})
+    owner = PrefixAffinityPolicy().owner(["a", "b"], prefix_key(CONTEXT))
+    other = "b" if owner == "a" else "a"
+    counted: list[dict] = []
+    monkeypatch.setattr(router._routed_counter, "inc", lambda *a, tags=None, **k: counted.append(tags))
+
+    by_id = {r.replica_id.unique_id: r.replica_id for r in replicas}
+    router.on_request_routed(_pending(list(CONTEXT)), by_id[owner], None)
+    router.on_request_routed(_pending(list(CONTEXT)), by_id[other], None)
+    router.on_request_routed(_pending([1]), by_id["a"], None)
+    assert counted == [
+        {"replica": owner, "reason": "affinity"},
+        {"replica": other, "reason": "overflow"},
+        {"replica": "a", "reason": "no_key"},
+    ]
