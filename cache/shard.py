@@ -17,8 +17,8 @@ from cache.lru import DEFAULT_ENTRY_OVERHEAD_BYTES, ByteBoundedLRU
 __all__ = ["CacheShard", "ShardClient", "LocalShardClient"]
 
 # Measured cost of the invalidation index per entry in the worst case (one chunk per document: a set
-# per document plus the owner set per key); charged to the byte budget with the LRU's own overhead.
-INDEX_OVERHEAD_BYTES = 512
+# per document, the owner tuple per key); charged to the byte budget with the LRU's own overhead.
+INDEX_OVERHEAD_BYTES = 576
 
 
 class CacheShard:
@@ -41,9 +41,11 @@ class CacheShard:
             on_remove=self._unindex,
             entry_overhead_bytes=DEFAULT_ENTRY_OVERHEAD_BYTES + INDEX_OVERHEAD_BYTES,
         )
-        self._owners: dict[str, set[tuple[str, str]]] = {}
+        # key -> owners as a small tuple (almost always one owner; a set would cost 4x the memory).
+        self._owners: dict[str, tuple[tuple[str, str], ...]] = {}
+        # (collection, doc_id) -> keys. A collection is the union of its documents' sets: one index,
+        # and collection invalidation (rare) pays a walk over documents instead of a second index.
         self._by_doc: dict[tuple[str, str], set[str]] = {}
-        self._by_collection: dict[str, set[str]] = {}
         self.hits = 0
         self.misses = 0
 
@@ -80,7 +82,10 @@ class CacheShard:
     def invalidate(self, collection: str, doc_id: str | None = None) -> int:
         """Drop a collection's entries, or one document's; returns how many entries were removed."""
         if doc_id is None:
-            keys = set(self._by_collection.get(collection, ()))
+            keys: set[str] = set()
+            for owner, doc_keys in self._by_doc.items():
+                if owner[0] == collection:
+                    keys.update(doc_keys)
         else:
             keys = set(self._by_doc.get((collection, doc_id), ()))
         removed = 0
@@ -94,7 +99,6 @@ class CacheShard:
         self._lru.clear()
         self._owners.clear()
         self._by_doc.clear()
-        self._by_collection.clear()
 
     def stats(self) -> dict:
         looked = self.hits + self.misses
@@ -109,10 +113,14 @@ class CacheShard:
             "expirations": self._lru.expirations,
         }
 
+    def collections(self) -> set[str]:
+        return {owner[0] for owner in self._by_doc}
+
     def _index(self, key: str, owner: tuple[str, str]) -> None:
-        self._owners.setdefault(key, set()).add(owner)
+        current = self._owners.get(key, ())
+        if owner not in current:
+            self._owners[key] = current + (owner,)
         self._by_doc.setdefault(owner, set()).add(key)
-        self._by_collection.setdefault(owner[0], set()).add(key)
 
     def _unindex(self, key: str) -> None:
         for owner in self._owners.pop(key, ()):
@@ -121,11 +129,6 @@ class CacheShard:
                 doc_keys.discard(key)
                 if not doc_keys:
                     del self._by_doc[owner]
-            col_keys = self._by_collection.get(owner[0])
-            if col_keys is not None:
-                col_keys.discard(key)
-                if not col_keys:
-                    del self._by_collection[owner[0]]
 
 
 class ShardClient(ABC):

@@ -38,10 +38,10 @@ def test_index_follows_eviction_and_expiry():
     shard.put_many({f"k{i}": b"x" * 100 for i in range(5)}, {f"k{i}": ("col", f"d{i}") for i in range(5)})
     stats = shard.stats()
     assert stats["entries"] == 2 and stats["evictions"] == 3 and stats["size_bytes"] <= stats["max_bytes"]
-    assert set(shard._by_collection["col"]) == {"k3", "k4"}
+    assert shard.collections() == {"col"} and shard.invalidate("col", "d0") == 0
     clock.now += 11
     assert shard.get_many(["k3", "k4"]) == {}
-    assert "col" not in shard._by_collection
+    assert shard.collections() == set()
     assert shard.stats()["misses"] == 2
 
 
