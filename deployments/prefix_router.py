@@ -101,16 +101,16 @@ class PrefixAffinityRouter(RequestRouter):
             request = pending_request.args[0]
         else:
             request = pending_request.kwargs.get("request")
-        extracted = extract_prompt_tokens(request)
-        if extracted is None:
+        prompt = extract_prompt_tokens(request)
+        if prompt is None:
             return None
-        tokens, prefix_len = extracted
         try:
             return prefix_key(
-                tokens,
+                prompt.token_ids,
                 block_size=self._config.block_size,
                 max_blocks=self._config.max_blocks,
-                context_end=prefix_len,
+                context_end=prompt.prefix_len,
+                cache_salt=prompt.cache_salt,
             )
         except ValueError:
             # Malformed token IDs: the replica will reject the request with a proper error; routing

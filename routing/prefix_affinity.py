@@ -24,6 +24,7 @@ from routing.hashring import ConsistentHashRing
 
 __all__ = [
     "PrefixAffinityPolicy",
+    "PromptTokens",
     "RoutingDecision",
     "RoutingReason",
     "extract_prompt_tokens",
@@ -44,6 +45,8 @@ def prefix_key(
     block_size: int = DEFAULT_BLOCK_SIZE,
     max_blocks: int = DEFAULT_MAX_BLOCKS,
     context_end: int | None = None,
+    *,
+    cache_salt: str | None = None,
 ) -> str | None:
     """Hash of the prompt's leading whole token blocks: the part a replica's prefix cache can reuse.
 
@@ -58,6 +61,11 @@ def prefix_key(
     whole blocks too and two questions over the same context would land on different replicas.
     ``max_blocks`` caps the work and makes very long shared contexts key on their first
     ``max_blocks * block_size`` tokens only.
+
+    ``cache_salt`` is the request's vLLM ``cache_salt``: vLLM mixes it into the first block's hash, so
+    requests with different salts never share blocks and must not share a key either (a per-request
+    salt, as the plain-RAG baseline uses, then spreads like a random key; a per-tenant salt keeps
+    tenants apart). ``None`` and ``""`` both mean no salt.
 
     Returns ``None`` when fewer than one whole block is available: there is nothing to reuse, so the
     request has no affinity and should simply go to the least loaded replica. Raises ``ValueError``
@@ -79,30 +87,50 @@ def prefix_key(
         packed = struct.pack(f"<{num_tokens}I", *token_ids[:num_tokens])
     except struct.error as err:
         raise ValueError(f"token_ids must be ints in [0, 2**32): {err}") from err
-    return hashlib.blake2b(packed, digest_size=16).hexdigest()
+    digest = hashlib.blake2b(packed, digest_size=16)
+    if cache_salt:
+        # Length-prefixed so that no salt can collide with a different token sequence.
+        salt = cache_salt.encode("utf-8")
+        digest.update(struct.pack("<Q", len(salt)) + salt)
+    return digest.hexdigest()
 
 
-def extract_prompt_tokens(request: Any) -> tuple[Sequence[int], int | None] | None:
-    """The prompt's token IDs and the end of its shared context, from an LLM ``generate`` argument.
+@dataclass(frozen=True, slots=True)
+class PromptTokens:
+    """What the router needs from an LLM request: its token IDs, context end and cache salt."""
+
+    token_ids: Sequence[int]
+    prefix_len: int | None = None
+    cache_salt: str | None = None
+
+
+def extract_prompt_tokens(request: Any) -> PromptTokens | None:
+    """The prompt's token IDs, the end of its shared context and its cache salt, from a ``generate``
+    argument.
 
     Accepts the shapes the LLM deployment's ``generate(request)`` is called with: an object with a
-    ``prompt_token_ids`` attribute and an optional ``prefix_len`` (pydantic model or dataclass), a
-    dict with the same keys, or a bare list/tuple of token IDs. Anything else yields ``None``
-    (no key): routing must never fail a request because of its shape; the replica validates it.
+    ``prompt_token_ids`` attribute and optional ``prefix_len`` and ``cache_salt`` (``llm.types.
+    GenerateRequest``, any pydantic model or dataclass), a dict with the same keys, or a bare
+    list/tuple of token IDs. Anything else yields ``None`` (no key): routing must never fail a
+    request because of its shape; the replica validates it.
     """
     if isinstance(request, (list, tuple)):
-        return request, None
+        return PromptTokens(request)
     if isinstance(request, Mapping):
         tokens = request.get("prompt_token_ids")
         prefix_len = request.get("prefix_len")
+        cache_salt = request.get("cache_salt")
     else:
         tokens = getattr(request, "prompt_token_ids", None)
         prefix_len = getattr(request, "prefix_len", None)
+        cache_salt = getattr(request, "cache_salt", None)
     if not isinstance(tokens, (list, tuple)):
         return None
     if not isinstance(prefix_len, int) or isinstance(prefix_len, bool):
         prefix_len = None
-    return tokens, prefix_len
+    if not isinstance(cache_salt, str):
+        cache_salt = None
+    return PromptTokens(tokens, prefix_len, cache_salt)
 
 
 @dataclass(frozen=True, slots=True)

@@ -137,3 +137,14 @@ async def test_on_request_routed_counts_by_replica_and_reason(monkeypatch) -> No
         {"replica": other, "reason": "overflow"},
         {"replica": "a", "reason": "no_key"},
     ]
+
+
+async def test_request_key_includes_cache_salt_and_prefix_len() -> None:
+    router = _router([], {}, block_size=16, max_blocks=2)
+    salted = {"prompt_token_ids": CONTEXT + [1] * 20, "prefix_len": 40, "cache_salt": "tenant-a"}
+    assert router._request_key(_pending(salted)) == prefix_key(
+        CONTEXT, max_blocks=2, context_end=40, cache_salt="tenant-a"
+    )
+    assert router._request_key(_pending(list(CONTEXT))) == prefix_key(CONTEXT, max_blocks=2)
+    assert router._request_key(_pending([1.5] * 32)) is None
+    assert router._request_key(None) is None

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from routing.prefix_affinity import extract_prompt_tokens, prefix_key
+from routing.prefix_affinity import PromptTokens, extract_prompt_tokens, prefix_key
 
 CONTEXT = list(range(1000, 1000 + 160))  # 10 whole blocks of 16
 
@@ -83,14 +83,39 @@ def test_bad_tokens_and_bad_parameters_raise_value_error() -> None:
 class _FakeGenerateRequest:
     prompt_token_ids: list[int]
     prefix_len: int | None = None
+    cache_salt: str | None = None
+
+
+def test_cache_salt_separates_keys() -> None:
+    base = prefix_key(CONTEXT)
+    assert prefix_key(CONTEXT, cache_salt=None) == base
+    assert prefix_key(CONTEXT, cache_salt="") == base
+    assert prefix_key(CONTEXT, cache_salt="tenant-a") == prefix_key(CONTEXT, cache_salt="tenant-a")
+    salted = prefix_key(CONTEXT, cache_salt="tenant-a")
+    assert salted not in {base, prefix_key(CONTEXT, cache_salt="tenant-b")}
+    # Still no key without a whole block, salt or not.
+    assert prefix_key([1, 2], cache_salt="tenant-a") is None
 
 
 def test_extract_prompt_tokens_from_the_accepted_shapes() -> None:
-    assert extract_prompt_tokens([1, 2, 3]) == ([1, 2, 3], None)
-    assert extract_prompt_tokens({"prompt_token_ids": [1, 2], "prefix_len": 1}) == ([1, 2], 1)
-    assert extract_prompt_tokens({"prompt_token_ids": [1, 2]}) == ([1, 2], None)
-    assert extract_prompt_tokens(_FakeGenerateRequest([4, 5], prefix_len=2)) == ([4, 5], 2)
-    assert extract_prompt_tokens(_FakeGenerateRequest([4, 5])) == ([4, 5], None)
+    assert extract_prompt_tokens([1, 2, 3]) == PromptTokens([1, 2, 3])
+    assert extract_prompt_tokens({"prompt_token_ids": [1, 2], "prefix_len": 1}) == (
+        PromptTokens([1, 2], 1)
+    )
+    assert extract_prompt_tokens({"prompt_token_ids": [1, 2]}) == PromptTokens([1, 2])
+    assert extract_prompt_tokens({"prompt_token_ids": [1], "cache_salt": "s"}) == PromptTokens(
+        [1], None, "s"
+    )
+    assert extract_prompt_tokens(_FakeGenerateRequest([4, 5], prefix_len=2, cache_salt="t")) == (
+        PromptTokens([4, 5], 2, "t")
+    )
+    assert extract_prompt_tokens(_FakeGenerateRequest([4, 5])) == PromptTokens([4, 5])
+
+
+def test_extract_prompt_tokens_reads_the_llm_generate_request() -> None:
+    types = pytest.importorskip("llm.types")
+    request = types.GenerateRequest(prompt_token_ids=[1, 2, 3], prefix_len=2, cache_salt="x")
+    assert extract_prompt_tokens(request) == PromptTokens([1, 2, 3], 2, "x")
 
 
 def test_extract_prompt_tokens_rejects_other_shapes() -> None:
@@ -98,6 +123,7 @@ def test_extract_prompt_tokens_rejects_other_shapes() -> None:
     assert extract_prompt_tokens(None) is None
     assert extract_prompt_tokens({"prompt": "text"}) is None
     assert extract_prompt_tokens({"prompt_token_ids": "text"}) is None
-    # A non-int prefix_len is ignored rather than trusted.
-    assert extract_prompt_tokens({"prompt_token_ids": [1], "prefix_len": "3"}) == ([1], None)
-    assert extract_prompt_tokens({"prompt_token_ids": [1], "prefix_len": True}) == ([1], None)
+    # Ill-typed optional fields are ignored rather than trusted.
+    assert extract_prompt_tokens({"prompt_token_ids": [1], "prefix_len": "3"}) == PromptTokens([1])
+    assert extract_prompt_tokens({"prompt_token_ids": [1], "prefix_len": True}) == PromptTokens([1])
+    assert extract_prompt_tokens({"prompt_token_ids": [1], "cache_salt": 5}) == PromptTokens([1])
