@@ -157,8 +157,8 @@ class PrefixAffinityPolicy:
     def __init__(self, load_factor: float = 1.25, vnodes: int = 128) -> None:
         # c >= 1 is what guarantees some replica is under the bound (see ``choose``). c close to 1
         # balances tightly but breaks affinity often; large c approaches plain consistent hashing.
-        # 1.25 is the paper's sweet spot: few overflows while keeping every replica within 25% of the
-        # average load.
+        # The default 1.25 keeps every replica within 25% of the average load (rounded up) while a
+        # key's owner can still absorb a burst of its own key before spilling.
         if not load_factor >= 1.0:
             raise ValueError("load_factor must be >= 1.0")
         if vnodes < 1:
