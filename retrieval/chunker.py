@@ -33,8 +33,8 @@ def chunk_text(
     """Split `text` into chunks of about `target_tokens` and never more than `max_tokens` tokens.
 
     A markdown heading starts a new chunk when the chunk being built is non-trivial (it has body text
-    and at least `min_section_tokens`, default target/8), so that small sections merge with their
-    neighbours while real sections stay separate. Paragraphs are packed up to `target_tokens`; a
+    and at least `min_section_tokens`, default target/2), so that small sections merge with their
+    neighbours into chunks of roughly target/2..target tokens while big sections stay separate. Paragraphs are packed up to `target_tokens`; a
     paragraph larger than `max_tokens` is split on lines, sentences, words, then characters. Headings
     are never left dangling at the end of a chunk. Fenced code blocks are kept whole when they fit,
     and `#` comments inside them are not mistaken for headings.
@@ -42,7 +42,7 @@ def chunk_text(
     if target_tokens <= 0 or max_tokens <= 0:
         raise ValueError("target_tokens and max_tokens must be positive")
     target_tokens = min(target_tokens, max_tokens)
-    min_section = target_tokens // 8 if min_section_tokens is None else min_section_tokens
+    min_section = target_tokens // 2 if min_section_tokens is None else min_section_tokens
 
     chunks: list[str] = []
     current: list[str] = []  # paragraphs of the chunk being built

@@ -60,6 +60,7 @@ class SentenceTransformerEmbedder(Embedder):
         *,
         batch_size: int = 64,
         num_threads: int | None = None,
+        max_seq_length: int | None = None,
     ) -> None:
         # Force offline before sentence-transformers/transformers read the environment.
         os.environ["HF_HUB_OFFLINE"] = "1"
@@ -73,6 +74,9 @@ class SentenceTransformerEmbedder(Embedder):
         path = Path(model_path) if model_path else bundled_model_path()
         self.model_path = str(path)
         self._model = SentenceTransformer(str(path), device=device, local_files_only=True)
+        if max_seq_length is not None:
+            # The model's default is 256 word pieces; longer chunks are truncated for embedding only.
+            self._model.max_seq_length = max_seq_length
         self._batch_size = batch_size
         self._lock = threading.Lock()
         get_dim = getattr(self._model, "get_embedding_dimension", None) or self._model.get_sentence_embedding_dimension

@@ -29,9 +29,15 @@ def test_deterministic_for_same_input():
 
 def test_heading_starts_new_chunk_when_current_is_non_trivial():
     text = f"# A\n\n{para(30, 'a')}\n\n# B\n\n{para(30, 'b')}"
-    chunks = chunk_text(text, word_count, target_tokens=200, max_tokens=300)
+    chunks = chunk_text(text, word_count, target_tokens=200, max_tokens=300, min_section_tokens=20)
     assert len(chunks) == 2
     assert chunks[0].startswith("# A") and chunks[1].startswith("# B")
+
+
+def test_sections_below_half_target_merge_by_default():
+    text = f"# A\n\n{para(30, 'a')}\n\n# B\n\n{para(30, 'b')}\n\n# C\n\n{para(60, 'c')}\n\n# D\n\n{para(30, 'd')}"
+    chunks = chunk_text(text, word_count, target_tokens=100, max_tokens=150)
+    assert [c.split("\n")[0] for c in chunks] == ["# A", "# C", "# D"]
 
 
 def test_tiny_sections_merge():
