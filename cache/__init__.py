@@ -4,7 +4,7 @@ No Ray or Serve imports here; ``deployments/cache_group.py`` wraps ``CacheShard`
 """
 
 from cache.breaker import BreakerState, CircuitBreaker
-from cache.client import TokenCache, TokenCacheConfig, TokenLookup
+from cache.client import TokenCache, TokenCacheConfig, TokenLookup, redis_tier_from_config
 from cache.codec import decode_tokens, encode_tokens
 from cache.exceptions import (
     BackendTimeoutError,
@@ -50,4 +50,5 @@ __all__ = [
     "decode_tokens",
     "encode_tokens",
     "hash_content",
+    "redis_tier_from_config",
 ]

@@ -36,7 +36,7 @@ from cache.stats import LatencyReservoir, TierCounters, TokenCacheStats
 from cache.tokenizers import TokenizerBackend
 from routing.hashring import ConsistentHashRing
 
-__all__ = ["TokenCacheConfig", "TokenCache", "TokenLookup"]
+__all__ = ["TokenCacheConfig", "TokenCache", "TokenLookup", "redis_tier_from_config"]
 
 logger = logging.getLogger(__name__)
 
@@ -78,6 +78,13 @@ class TokenCacheConfig(BaseModel):
         1.0, gt=0, description="Seconds a shard's open breaker waits before one probe call is let through."
     )
     hash_ring_vnodes: int = Field(128, ge=1, description="Virtual nodes per shard on the consistent-hash ring.")
+
+
+def redis_tier_from_config(config: TokenCacheConfig) -> RedisTier | None:
+    """The L2 tier described by ``config``, or None when ``redis_url`` is not set."""
+    if config.redis_url is None:
+        return None
+    return RedisTier.from_url(config.redis_url, ttl_s=config.redis_ttl_s, timeout_s=config.redis_timeout_s)
 
 
 @dataclass(frozen=True, slots=True)

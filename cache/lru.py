@@ -20,7 +20,7 @@ __all__ = ["ByteBoundedLRU", "DEFAULT_ENTRY_OVERHEAD_BYTES"]
 # Measured (tracemalloc, CPython 3.11) bookkeeping per entry beyond len(value) + len(key): bytes and str
 # object headers, the OrderedDict slot and link, the _Entry. Charged against the budget so that memory
 # really held stays within ``max_bytes`` even for many small entries.
-DEFAULT_ENTRY_OVERHEAD_BYTES = 192
+DEFAULT_ENTRY_OVERHEAD_BYTES = 256
 
 
 @dataclass(slots=True)

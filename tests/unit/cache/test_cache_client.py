@@ -220,3 +220,11 @@ async def test_dead_shard_is_skipped_by_its_breaker():
     assert dead.calls == 3  # 2 reads + 1 write-through; after the 2nd read timeout it is skipped
     shard = cache.stats()["shards"]["s0"]
     assert shard["breaker"] == "open" and shard["skipped_calls"] == 8
+
+
+def test_redis_tier_from_config():
+    from cache.client import redis_tier_from_config
+
+    assert redis_tier_from_config(TokenCacheConfig()) is None
+    tier = redis_tier_from_config(TokenCacheConfig(redis_url="redis://127.0.0.1:1/0", redis_ttl_s=5))
+    assert isinstance(tier, RedisTier) and tier.ttl_s == 5  # lazily connecting: no server needed
