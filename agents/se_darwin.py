@@ -1,0 +1,173 @@
+"""SE-Darwin: picks evolution operators from its collection and returns one candidate variant per operator."""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import Any, ClassVar
+
+from pydantic import Field
+
+from agents.base import Agent, AgentCacheSettings, AgentRequest, RetrievedSource
+from agents.fields import CodeText, QueryText
+from agents.text import best_per_document, clean_model_text, code_blocks, first_paragraph, markdown_section
+from agents.text import resolve_document
+
+__all__ = ["SEDarwinRequest", "SEDarwinAgent", "parse_operator_sections"]
+
+logger = logging.getLogger(__name__)
+
+MAX_OPERATORS = 3  # variants the model is asked for; more only when it labels more retrieved operators
+_MAX_LABELLED = 5
+_LABEL = re.compile(
+    r"^\s*(?:#{1,6}\s*)?(?:[-*+]\s*)?(?:operator|variant|mutation)(?:\s*#?\d+)?\s*[:.(\-\u2013\u2014]\s*(.+?)\s*\)?\s*$",
+    re.IGNORECASE,
+)
+_HEADING = re.compile(r"^\s*#{1,6}\s*(.+?)\s*#*\s*$")
+_RATIONALE = re.compile(r"^\s*(?:[-*]\s*)?(?:rationale|why|reason|explanation)\s*:\s*(.*)$", re.IGNORECASE)
+_CODE_LIKE = re.compile(r"^\s{2,}\S|[=(){}\[\]:;]\s*$|^\s*(?:def|return|class|import|from|for|while|if|async)\b")
+
+
+class SEDarwinRequest(AgentRequest):
+    """Body of `POST /v1/agents/se-darwin/evolve`."""
+
+    task: QueryText = Field(description="What the candidate should do better, 1-4000 characters.")
+    candidate: CodeText = Field(description="The current candidate program, 1-20000 characters.")
+
+
+class SEDarwinAgent(Agent):
+    """Evolves a candidate. Each retrieved document is one operator; the chosen operators are those the
+    model labelled (when they are retrieved documents) and then the best retrieved ones, up to
+    MAX_OPERATORS. Each gets one variant: the model's section for it, or the unchanged candidate with an
+    annotation when the model wrote nothing usable for it."""
+
+    name: ClassVar[str] = "se-darwin"
+    route: ClassVar[str] = "evolve"
+    collection: ClassVar[str] = "darwin_operators"
+    request_model: ClassVar[type[AgentRequest]] = SEDarwinRequest
+    cache_settings: ClassVar[AgentCacheSettings] = AgentCacheSettings(ttl_s=7200, max_cache_size_mb=150)
+    system_prompt: ClassVar[str] = (
+        "You evolve programs. Each document in the context is one evolution operator. Pick up to 3 "
+        "operators that suit the task and apply each one to the candidate. For each, write:\n"
+        "Operator: <operator id>\n"
+        "```\n<the complete new version of the candidate>\n```\n"
+        "Rationale: <one sentence on why it helps the task>\n"
+        "Write nothing else."
+    )
+
+    def retrieval_query(self, request: AgentRequest) -> str:
+        task = getattr(request, "task", "")
+        candidate = getattr(request, "candidate", "")
+        return f"evolution operator to improve a program: {task}\n{candidate[:1000]}"
+
+    def user_message(self, request: AgentRequest) -> str:
+        return (
+            f"Task: {getattr(request, 'task', '')}\n\n"
+            f"Candidate:\n```\n{getattr(request, 'candidate', '')}\n```"
+        )
+
+    def postprocess(self, text: str, sources: list[RetrievedSource], request: AgentRequest) -> dict[str, Any]:
+        """`{"operators": [doc_id, ...], "variants": [{"operator", "title", "code", "rationale"}]}`."""
+        candidate = getattr(request, "candidate", "") or ""
+        operators = best_per_document(sources)
+        try:
+            sections = parse_operator_sections(clean_model_text(text), sources)
+        except Exception:  # post-processing must never fail the request
+            logger.exception("SE-Darwin section parsing failed; returning annotated candidates")
+            sections = {}
+        by_id = {op.doc_id: op for op in operators}
+        chosen = list(sections)[:_MAX_LABELLED]
+        for op in operators:
+            if len(chosen) >= max(MAX_OPERATORS, len(sections)):
+                break
+            if op.doc_id not in chosen:
+                chosen.append(op.doc_id)
+        variants = []
+        for doc_id in chosen:
+            source = by_id[doc_id]
+            code, rationale = sections.get(doc_id, ("", ""))
+            if not code.strip():
+                code = _annotated(candidate, source)
+                rationale = rationale or _fallback_rationale(source)
+            variants.append({
+                "operator": doc_id,
+                "title": source.title,
+                "code": code,
+                "rationale": rationale or f"Applies {source.title} to the candidate.",
+            })
+        return {"operators": chosen, "variants": variants}
+
+
+def parse_operator_sections(text: str, sources: list[RetrievedSource]) -> dict[str, tuple[str, str]]:
+    """(code, rationale) per retrieved operator the model labelled, in the model's order. A section
+    starts at a line like `Operator: memoization-insertion`, `### Variant 2 - Early Return Refactor` or a
+    heading naming an operator, and runs to the next such line. Labels that name no retrieved operator
+    start a section that is dropped; a repeated operator keeps its first section."""
+    sections: dict[str, list[str]] = {}
+    current: str | None = None
+    in_fence = False
+    for line in text.split("\n"):
+        if line.lstrip().startswith("```"):
+            in_fence = not in_fence
+        label = None if in_fence else _label_of(line.replace("**", ""), sources)
+        if label is not None:
+            doc_id = label or None
+            current = doc_id if doc_id and doc_id not in sections else None
+            if current:
+                sections[current] = []
+            continue
+        if current is not None:
+            sections[current].append(line)
+    return {doc_id: _code_and_rationale("\n".join(body)) for doc_id, body in sections.items()}
+
+
+def _label_of(line: str, sources: list[RetrievedSource]) -> str | None:
+    """None when `line` is not a section label; "" for a label naming no retrieved operator; else the id."""
+    match = _LABEL.match(line)
+    if match:
+        return resolve_document(match.group(1).strip("`*_ "), sources) or ""
+    heading = _HEADING.match(line)
+    if heading:
+        return resolve_document(heading.group(1).strip("`*_ "), sources)
+    stripped = line.strip().strip("`*_:")
+    if stripped and len(stripped.split()) <= 6:
+        return next((s.doc_id for s in sources if stripped.lower() in (s.doc_id.lower(), s.title.lower())), None)
+    return None
+
+
+def _code_and_rationale(body: str) -> tuple[str, str]:
+    blocks = code_blocks(body)
+    rationale_lines: list[str] = []
+    loose_code: list[str] = []
+    in_fence = False
+    for line in body.split("\n"):
+        if line.lstrip().startswith("```"):
+            in_fence = not in_fence
+            continue
+        if in_fence:
+            continue
+        match = _RATIONALE.match(line)
+        if match:
+            rationale_lines.append(match.group(1))
+        elif rationale_lines and line.strip():
+            rationale_lines.append(line.strip())
+        elif not blocks and line.strip() and _CODE_LIKE.search(line):
+            loose_code.append(line)
+        elif line.strip() and not blocks:
+            rationale_lines.append(line.strip())
+    code = blocks[0][1] if blocks else "\n".join(loose_code).rstrip()
+    return code, " ".join(part.strip() for part in rationale_lines if part.strip())
+
+
+def _annotated(candidate: str, source: RetrievedSource) -> str:
+    comment = "#" if "def " in candidate or "{" not in candidate else "//"
+    return (
+        f"{comment} operator: {source.doc_id} ({source.title}): no variant generated; candidate unchanged\n"
+        f"{candidate}"
+    )
+
+
+def _fallback_rationale(source: RetrievedSource) -> str:
+    when = markdown_section(source.text, "When to use")
+    hint = (when.split("\n")[0].lstrip("-* ").strip() if when else "") or first_paragraph(source.text)
+    return f"The model wrote no variant for {source.title}; apply it by hand. {hint}".strip()

@@ -1,0 +1,142 @@
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from agents.base import MAX_CODE_CHARS, MAX_QUERY_CHARS
+from agents.se_darwin import MAX_OPERATORS, SEDarwinAgent, SEDarwinRequest, parse_operator_sections
+
+CANDIDATE = "def fib(n):\n    return n if n < 2 else fib(n - 1) + fib(n - 2)"
+TASK = "Make fib fast for n up to 500."
+
+WELL_FORMED = """Operator: memoization-insertion
+```python
+from functools import lru_cache
+
+@lru_cache(maxsize=None)
+def fib(n):
+    return n if n < 2 else fib(n - 1) + fib(n - 2)
+```
+Rationale: caches overlapping subproblems so each n is computed once.
+
+### Variant 2 - Early Return Refactor
+```python
+def fib(n):
+    if n < 2:
+        return n
+    return fib(n - 1) + fib(n - 2)
+```
+Rationale: flatter control flow.
+"""
+
+
+def _sources(make_source):
+    return [
+        make_source("darwin_operators", "memoization-insertion", 0.82),
+        make_source("darwin_operators", "early-return-refactor", 0.61),
+        make_source("darwin_operators", "memoization-insertion", 0.6, position=1),
+        make_source("darwin_operators", "loop-unrolling-mutation", 0.44),
+        make_source("darwin_operators", "tournament-selection", 0.3),
+    ]
+
+
+def _request():
+    return SEDarwinRequest(task=TASK, candidate=CANDIDATE)
+
+
+def _assert_shape(out, sources):
+    assert set(out) == {"operators", "variants"}
+    source_ids = {s.doc_id for s in sources}
+    assert set(out["operators"]) <= source_ids
+    assert [v["operator"] for v in out["variants"]] == out["operators"]  # one variant per operator
+    for variant in out["variants"]:
+        assert set(variant) == {"operator", "title", "code", "rationale"}
+        assert variant["operator"] in source_ids
+        assert variant["title"] and variant["code"].strip() and variant["rationale"]
+
+
+def test_contract_attributes():
+    agent = SEDarwinAgent
+    assert (agent.name, agent.route, agent.collection) == ("se-darwin", "evolve", "darwin_operators")
+    assert agent.request_model is SEDarwinRequest
+    assert (agent.cache_settings.ttl_s, agent.cache_settings.max_cache_size_mb) == (7200, 150)
+    assert len(agent.system_prompt.split()) <= 120
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"candidate": CANDIDATE}, "task"),
+        ({"task": "", "candidate": CANDIDATE}, "task"),
+        ({"task": "t" * (MAX_QUERY_CHARS + 1), "candidate": CANDIDATE}, "task"),
+        ({"task": TASK}, "candidate"),
+        ({"task": TASK, "candidate": "   "}, "candidate"),
+        ({"task": TASK, "candidate": "c" * (MAX_CODE_CHARS + 1)}, "candidate"),
+    ],
+)
+def test_bad_fields_are_named(body, field):
+    with pytest.raises(ValidationError) as err:
+        SEDarwinRequest.model_validate(body)
+    assert [e["loc"][0] for e in err.value.errors()] == [field]
+
+
+def test_retrieval_query_and_user_message_carry_the_inputs():
+    agent = SEDarwinAgent()
+    assert TASK in agent.retrieval_query(_request()) and "def fib" in agent.retrieval_query(_request())
+    message = agent.user_message(_request())
+    assert TASK in message and CANDIDATE in message
+
+
+def test_each_variant_is_labelled_with_an_operator_from_the_sources(make_source):
+    sources = _sources(make_source)
+    out = SEDarwinAgent().postprocess(WELL_FORMED, sources, _request())
+    _assert_shape(out, sources)
+    assert out["operators"] == ["memoization-insertion", "early-return-refactor", "loop-unrolling-mutation"]
+    memo, early, unrolled = out["variants"]
+    assert memo["title"] == "Memoization Insertion"
+    assert memo["code"].startswith("from functools import lru_cache")
+    assert memo["rationale"] == "caches overlapping subproblems so each n is computed once."
+    assert early["code"].startswith("def fib(n):\n    if n < 2:")
+    assert early["rationale"] == "flatter control flow."
+    # The model wrote nothing for the third operator: the candidate itself, annotated with the operator.
+    assert unrolled["code"].startswith("# operator: loop-unrolling-mutation")
+    assert unrolled["code"].endswith(CANDIDATE)
+    assert "Loop Unrolling" in unrolled["rationale"]
+
+
+def test_operators_the_model_labels_come_first(make_source):
+    sources = _sources(make_source)
+    text = "**Operator: Tournament Selection**\nRationale: keeps the fittest.\n```\ndef fib(n): ...\n```"
+    out = SEDarwinAgent().postprocess(text, sources, _request())
+    assert out["operators"][0] == "tournament-selection"
+    assert out["variants"][0]["code"] == "def fib(n): ..."
+    assert len(out["operators"]) == MAX_OPERATORS
+
+
+def test_unknown_operator_sections_are_dropped(make_source):
+    sections = parse_operator_sections(
+        "Operator: quantum-annealing\n```\nmagic()\n```\nOperator: memoization-insertion\n```\nfast()\n```",
+        _sources(make_source),
+    )
+    assert sections == {"memoization-insertion": ("fast()", "")}
+
+
+def test_unfenced_variant_code_is_kept(make_source):
+    sections = parse_operator_sections(
+        "Variant 1: early-return-refactor\ndef fib(n):\n    if n < 2:\n        return n\nWhy: simpler",
+        _sources(make_source),
+    )
+    code, rationale = sections["early-return-refactor"]
+    assert code == "def fib(n):\n    if n < 2:\n        return n"
+    assert rationale == "simpler"
+
+
+def test_garbage_output_gives_annotated_candidates(garbage, make_source):
+    sources = _sources(make_source)
+    out = SEDarwinAgent().postprocess(garbage, sources, _request())
+    _assert_shape(out, sources)
+    assert len(out["variants"]) == MAX_OPERATORS
+
+
+def test_no_sources_means_no_operators(garbage):
+    assert SEDarwinAgent().postprocess(garbage, [], _request()) == {"operators": [], "variants": []}
