@@ -49,6 +49,8 @@ _LABEL_LINE = re.compile(
     re.IGNORECASE,
 )
 
+_PLACEHOLDER = re.compile(r"\s*<[^<>]*>\s*")
+
 
 class BusinessRequest(AgentRequest):
     """Body of `POST /v1/agents/business/generate`."""
@@ -121,10 +123,10 @@ def parse_labelled_idea(text: str) -> dict[str, str | list[str]]:
     parsed: dict[str, str | list[str]] = {}
     for field, lines in values.items():
         body = "\n".join(lines).strip()
-        if not body:
+        if not body or _PLACEHOLDER.fullmatch(body):  # empty, or the prompt's "<short name>" echoed back
             continue
         if IDEA_FIELDS[field][1]:
-            items = split_items(body)
+            items = [item for item in split_items(body) if not _PLACEHOLDER.fullmatch(item)]
             if items:
                 parsed[field] = items
         else:

@@ -31,7 +31,7 @@ _SEVERITY_RANK = {s: i for i, s in enumerate(SEVERITIES)}
 _MAX_MODEL_FINDINGS = 10
 _MAX_FINDINGS = 50
 
-_LINE_NO = re.compile(r"\b(?:line|ln|l)\s*\.?\s*#?\s*(\d{1,6})\b", re.IGNORECASE)
+_LINE_NO = re.compile(r"\b(?:lines?|ln|l)\s*\.?\s*#?\s*(\d{1,6})\b", re.IGNORECASE)
 _SEVERITY = re.compile(r"[\[(]\s*(low|medium|high|critical)\s*[\])]|\b(low|medium|high|critical)\b", re.IGNORECASE)
 _PATTERN_AFTER_SEVERITY = re.compile(
     r"(?:[\[(]\s*(?:low|medium|high|critical)\s*[\])]|\b(?:low|medium|high|critical)\b)\s*[:\-]?\s*"

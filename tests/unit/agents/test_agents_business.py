@@ -117,3 +117,11 @@ def test_every_field_is_filled_from_garbage(garbage, make_source):
     for sources in ([], _sources(make_source)):
         idea = BusinessGenerationAgent().postprocess(garbage, sources, BusinessRequest(brief=BRIEF))
         _assert_complete(idea)
+
+
+def test_echoed_prompt_placeholders_count_as_missing(make_source):
+    echoed = BusinessGenerationAgent.system_prompt.split("nothing else:\n", 1)[1]
+    assert parse_labelled_idea(echoed) == {}
+    idea = BusinessGenerationAgent().postprocess(echoed, _sources(make_source), BusinessRequest(brief=BRIEF))
+    _assert_complete(idea)
+    assert "<" not in idea["target_customer"] and all("<" not in c for c in idea["channels"])

@@ -168,3 +168,13 @@ def test_clean_code_and_silent_model_say_so():
 def test_garbage_output_keeps_the_shape(garbage, make_source):
     for sources in ([], _sources(make_source)):
         _assert_shape(CodeReviewAgent().postprocess(garbage, sources, _request()))
+
+
+def test_echoed_prompt_format_is_not_a_finding(make_source):
+    echoed = CodeReviewAgent.system_prompt.split("exactly as:\n", 1)[1]
+    assert parse_findings(echoed, _sources(make_source), num_lines=7) == []
+
+
+def test_lines_plural_is_a_line_number(make_source):
+    findings = parse_findings("lines 4 [low] swallowed-errors: log it", _sources(make_source), num_lines=7)
+    assert findings[0]["line"] == 4
