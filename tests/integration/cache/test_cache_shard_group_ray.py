@@ -60,6 +60,15 @@ def chunks(n, doc):
     return [ChunkRef("code_patterns", f"{doc}-{i}", f"{doc}-{i}#0", f"def f_{doc}_{i}(x): return x * {i}") for i in range(n)]
 
 
+async def test_serve_shard_client_meets_the_contract(shard_group):
+    from deployments.cache_group import ServeShardClient
+    from tests.unit.cache.shard_contract import check_shard_client_contract
+
+    client = ServeShardClient(shard_group[1], timeout_s=5.0)
+    assert client.shard_id == "token_cache_shard_1"
+    await check_shard_client_contract(client)
+
+
 async def test_shard_killed_mid_run_no_failed_lookup(shard_group):
     import ray
 

@@ -54,3 +54,9 @@ async def test_local_client_contract():
     await client.put_many({"k": b"v"}, {"k": ("c", "d")})
     await client.clear()
     assert (await client.stats())["entries"] == 0
+
+
+async def test_local_shard_client_meets_the_contract():
+    from tests.unit.cache.shard_contract import check_shard_client_contract
+
+    await check_shard_client_contract(LocalShardClient(CacheShard(max_bytes=1 << 20), "local-0"))
