@@ -1,13 +1,17 @@
 """The app builder: ``serve run serve_config.yaml`` calls ``build(args)`` with the YAML's ``args``.
 
 Every knob lives in ``AppArgs``; each part gets only its own sub-config. Parts: the vLLM replica pool
-(with the prefix-affinity router), and the gateway.
+(with the prefix-affinity router), the token-cache shard group, the shared embedder, one deployment per
+agent, and the gateway. The builder also prepares what the parts share before they start: the model
+folder and the collection store (sample knowledge bases loaded into empty collections, with progress).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -15,13 +19,22 @@ from pydantic import BaseModel, ConfigDict, Field
 from ray.serve import Application
 from ray.serve.config import RequestRouterConfig
 
+from agents.registry import AGENTS
+from cache.client import TokenCacheConfig
+from deployments.agent import AgentReplica, AgentReplicaConfig
+from deployments.cache_group import TokenCacheShardServer, shard_deployment_name
+from deployments.embedder import EmbedderServer
 from deployments.gateway import Gateway, GatewayConfig
 from deployments.llm_server import LLMReplica, LLMReplicaConfig
 from llm import EngineConfig, EngineSettings
+from retrieval.config import EmbedderConfig, RetrievalConfig
 
 __all__ = ["AppArgs", "build", "resolve_model_path"]
 
 logger = logging.getLogger(__name__)
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 
 
 class ModelArgs(BaseModel):
@@ -44,13 +57,31 @@ class RouterArgs(BaseModel):
     request_router_kwargs: dict[str, Any] = Field(default_factory=dict, description="Router parameters.")
 
 
-class LLMPoolArgs(BaseModel):
+class ScaleArgs(BaseModel):
+    """Replicas and CPU share of one deployment."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    num_replicas: int = Field(default=2, ge=1, description="vLLM replicas (ignored when autoscaling is set).")
+    num_replicas: int = Field(default=1, ge=1, description="Replicas (ignored when autoscaling is set).")
     autoscaling_config: dict[str, Any] | None = Field(default=None, description="Serve autoscaling config.")
-    num_cpus: float = Field(default=0.4, gt=0, description="Ray CPUs reserved per replica (fractional on 2 cores).")
+    num_cpus: float = Field(default=0.05, gt=0, description="Ray CPUs reserved per replica (fractional on 2 cores).")
     memory_gb: float | None = Field(default=None, gt=0, description="Ray memory reserved per replica.")
+
+    def options(self) -> dict[str, Any]:
+        actor_options: dict[str, Any] = {"num_cpus": self.num_cpus}
+        if self.memory_gb:
+            actor_options["memory"] = int(self.memory_gb * (1 << 30))
+        options: dict[str, Any] = {"ray_actor_options": actor_options}
+        if self.autoscaling_config:
+            options["autoscaling_config"] = self.autoscaling_config
+        else:
+            options["num_replicas"] = self.num_replicas
+        return options
+
+
+class LLMPoolArgs(ScaleArgs):
+    num_replicas: int = Field(default=2, ge=1, description="vLLM replicas (ignored when autoscaling is set).")
+    num_cpus: float = Field(default=0.4, gt=0, description="Ray CPUs reserved per replica.")
     max_ongoing_requests: int = Field(default=16, ge=1, description="Requests a replica accepts at once.")
     max_queued_requests: int = Field(default=256, ge=-1, description="Queue bound before callers get 503 (-1: none).")
     bind_cores: bool = Field(default=True, description="Pin each CPU engine to a core of its own.")
@@ -58,12 +89,47 @@ class LLMPoolArgs(BaseModel):
     router: RouterArgs = Field(default_factory=RouterArgs, description="Request routing across replicas.")
 
 
-class GatewayArgs(BaseModel):
+class GatewayArgs(ScaleArgs):
+    request_timeout_s: float = Field(default=120.0, gt=0, description="Longest wait for the LLM pool or an agent.")
+    protect_reads: bool = Field(default=False, description="Require TCRAG_API_KEY on read routes too.")
+
+
+class CacheArgs(BaseModel):
+    """The shared token-cache tiers: the shard group (L1) and Redis (L2)."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    num_replicas: int = Field(default=1, ge=1, description="Gateway replicas.")
-    num_cpus: float = Field(default=0.1, gt=0, description="Ray CPUs per gateway replica.")
-    request_timeout_s: float = Field(default=120.0, gt=0, description="Longest wait for the LLM pool.")
+    num_shards: int = Field(default=2, ge=1, description="Shard deployments; keys spread by consistent hashing.")
+    shard_max_mb: float = Field(default=256.0, gt=0, description="Byte budget of each shard, in MiB.")
+    shard_ttl_s: float | None = Field(default=7200.0, gt=0, description="Seconds a shard entry lives.")
+    shard_num_cpus: float = Field(default=0.05, gt=0, description="Ray CPUs per shard replica.")
+    shard_timeout_s: float = Field(default=0.25, gt=0, description="Timeout of one shard call.")
+    redis_url: str | None = Field(
+        default=None, description=f"Redis URL; null: $REDIS_URL, else {DEFAULT_REDIS_URL}. 'none' disables Redis."
+    )
+    redis_ttl_s: float | None = Field(default=86_400.0, gt=0, description="Seconds a Redis entry lives.")
+    redis_timeout_s: float = Field(default=0.05, gt=0, description="Timeout of one Redis round trip.")
+
+
+class AgentArgs(ScaleArgs):
+    collection: str | None = Field(default=None, description="Collection to retrieve from (default: the agent's).")
+    max_cache_size_mb: float | None = Field(default=None, gt=0, description="L0 budget (default: the agent's).")
+    ttl_s: float | None = Field(default=None, gt=0, description="L0 entry lifetime (default: the agent's).")
+    warmup: bool = Field(default=True, description="Tokenize the collection into the cache at start.")
+
+
+class RetrievalArgs(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    db_path: str | None = Field(
+        default=None,
+        description="Collection store file. Null: $TCRAG_DATA_DIR/collections.sqlite3, else "
+        "~/.cache/token-cached-rag/store/collections.sqlite3 ($TCRAG_HOME moves it).",
+    )
+    data_dir: str | None = Field(default=None, description="Sample knowledge bases (default: the repo's data/).")
+    settings: RetrievalConfig = Field(default_factory=RetrievalConfig, description="Chunking, limits, samples.")
+    embedder: EmbedderConfig = Field(default_factory=EmbedderConfig, description="Embedder model and batching.")
+    embedder_scale: ScaleArgs = Field(default_factory=lambda: ScaleArgs(num_cpus=0.1), description="Embedder replicas.")
 
 
 class AppArgs(BaseModel):
@@ -73,7 +139,10 @@ class AppArgs(BaseModel):
 
     model: ModelArgs = Field(default_factory=ModelArgs, description="Which model the pool serves.")
     llm: LLMPoolArgs = Field(default_factory=LLMPoolArgs, description="The vLLM replica pool.")
-    gateway: GatewayArgs = Field(default_factory=GatewayArgs, description="The HTTP ingress.")
+    gateway: GatewayArgs = Field(default_factory=lambda: GatewayArgs(num_cpus=0.1), description="The HTTP ingress.")
+    cache: CacheArgs = Field(default_factory=CacheArgs, description="Token-cache shard group and Redis.")
+    retrieval: RetrievalArgs = Field(default_factory=RetrievalArgs, description="Collections and embedder.")
+    agents: dict[str, AgentArgs] = Field(default_factory=dict, description="Per-agent settings, by agent name.")
 
 
 def resolve_model_path(model: ModelArgs) -> str:
@@ -87,28 +156,70 @@ def resolve_model_path(model: ModelArgs) -> str:
     return str(ensure_model())
 
 
-def _deployment_options(num_replicas: int, autoscaling: dict[str, Any] | None, num_cpus: float,
-                        memory_gb: float | None = None) -> dict[str, Any]:
-    actor_options: dict[str, Any] = {"num_cpus": num_cpus}
-    if memory_gb:
-        actor_options["memory"] = int(memory_gb * (1 << 30))
-    options: dict[str, Any] = {"ray_actor_options": actor_options}
-    if autoscaling:
-        options["autoscaling_config"] = autoscaling
-    else:
-        options["num_replicas"] = num_replicas
-    return options
+def resolve_db_path(retrieval: RetrievalArgs) -> Path:
+    if retrieval.db_path:
+        return Path(retrieval.db_path).expanduser().resolve()
+    if os.environ.get("TCRAG_DATA_DIR"):
+        return Path(os.environ["TCRAG_DATA_DIR"]).expanduser().resolve() / "collections.sqlite3"
+    home = Path(os.environ.get("TCRAG_HOME", Path.home() / ".cache" / "token-cached-rag"))
+    return home / "store" / "collections.sqlite3"
+
+
+def resolve_redis_url(cache: CacheArgs) -> str | None:
+    url = cache.redis_url or os.environ.get("REDIS_URL") or DEFAULT_REDIS_URL
+    return None if url.lower() == "none" else url
+
+
+def prepare_store(db_path: Path, data_dir: Path, settings: RetrievalConfig, embedder: EmbedderConfig,
+                  model_path: str) -> None:
+    """Create the collections and load the sample knowledge bases into empty ones (with progress)."""
+    from cache.tokenizers import HuggingFaceTokenizer
+    from retrieval.chunker import chunk_text
+    from retrieval.samples import load_sample_collections, pending_sample_loads
+    from retrieval.store import CollectionStore
+
+    store = CollectionStore(db_path, limits=settings.limits)
+    try:
+        if not any(pending_sample_loads(store, data_dir).values()):
+            return
+        from retrieval.embedder import SentenceTransformerEmbedder
+
+        started = time.perf_counter()
+        print(f"[tcrag] loading sample knowledge bases from {data_dir} into {db_path} ...", file=sys.stderr, flush=True)
+        tokenizer = HuggingFaceTokenizer(model_path)
+        local = SentenceTransformerEmbedder(embedder.model_path, embedder.device)
+
+        def progress(collection: str, done: int, total: int) -> None:
+            print(f"[tcrag]   {collection}: {done}/{total} documents", file=sys.stderr, flush=True)
+
+        load_sample_collections(
+            store, data_dir,
+            lambda text: chunk_text(text, lambda t: len(tokenizer.encode(t)), settings.target_tokens, settings.max_tokens),
+            local.embed, progress,
+        )
+        print(f"[tcrag] samples loaded in {time.perf_counter() - started:.1f} s", file=sys.stderr, flush=True)
+    finally:
+        store.close()
 
 
 def build(args: dict[str, Any] | None = None) -> Application:
     """Validate the YAML args and compose the application."""
     app_args = AppArgs.model_validate(args or {})
+    unknown = set(app_args.agents) - {a.name for a in AGENTS}
+    if unknown:
+        raise ValueError(f"agents: unknown agent(s) {sorted(unknown)}; known: {[a.name for a in AGENTS]}")
     model_path = resolve_model_path(app_args.model)
     model_name = app_args.model.name or Path(model_path).name
-    logger.info("building app for model %s (%s)", model_name, model_path)
+    db_path = resolve_db_path(app_args.retrieval)
+    data_dir = Path(app_args.retrieval.data_dir).resolve() if app_args.retrieval.data_dir else REPO_ROOT / "data"
+    settings = app_args.retrieval.settings
+    if settings.load_samples:
+        prepare_store(db_path, data_dir, settings, app_args.retrieval.embedder, model_path)
+    logger.info("building app: model %s, store %s", model_path, db_path)
 
+    # LLM pool
     pool = app_args.llm
-    llm_options = _deployment_options(pool.num_replicas, pool.autoscaling_config, pool.num_cpus, pool.memory_gb)
+    llm_options = pool.options()
     llm_options["max_ongoing_requests"] = pool.max_ongoing_requests
     llm_options["max_queued_requests"] = pool.max_queued_requests
     if pool.router.request_router_class:
@@ -119,11 +230,65 @@ def build(args: dict[str, Any] | None = None) -> Application:
     engine = EngineConfig(model=model_path, **pool.engine.model_dump())
     llm = LLMReplica.options(**llm_options).bind(LLMReplicaConfig(engine=engine, bind_cores=pool.bind_cores))
 
-    gateway_args = app_args.gateway
-    gateway = Gateway.options(
-        **_deployment_options(gateway_args.num_replicas, None, gateway_args.num_cpus)
-    ).bind(
-        GatewayConfig(model_path=model_path, model_name=model_name, request_timeout_s=gateway_args.request_timeout_s),
-        llm,
+    # Token-cache shard group and the shared embedder
+    cache = app_args.cache
+    shards = [
+        TokenCacheShardServer.options(name=shard_deployment_name(i), ray_actor_options={"num_cpus": cache.shard_num_cpus})
+        .bind(int(cache.shard_max_mb * (1 << 20)), cache.shard_ttl_s)
+        for i in range(cache.num_shards)
+    ]
+    embed_cfg = app_args.retrieval.embedder
+    embedder = EmbedderServer.options(**app_args.retrieval.embedder_scale.options()).bind(
+        embed_cfg.model_path, embed_cfg.device, embed_cfg.max_batch_size, embed_cfg.batch_wait_timeout_s,
+        embed_cfg.num_threads,
     )
-    return gateway
+
+    # One deployment per agent
+    redis_url = resolve_redis_url(cache)
+    agents: dict[str, Any] = {}
+    collections: dict[str, str] = {}
+    for agent_cls in AGENTS:
+        agent_args = app_args.agents.get(agent_cls.name, AgentArgs())
+        settings_ = agent_cls.cache_settings
+        collection = agent_args.collection or agent_cls.collection
+        collections[agent_cls.name] = collection
+        config = AgentReplicaConfig(
+            agent=agent_cls.name,
+            collection=collection,
+            model_path=model_path,
+            max_model_len=engine.max_model_len,
+            db_path=str(db_path),
+            store_limits=settings.limits,
+            chunk_target_tokens=settings.target_tokens,
+            chunk_max_tokens=settings.max_tokens,
+            token_cache=TokenCacheConfig(
+                max_cache_size_mb=agent_args.max_cache_size_mb or settings_.max_cache_size_mb,
+                l0_ttl_s=agent_args.ttl_s or settings_.ttl_s,
+                redis_ttl_s=cache.redis_ttl_s,
+                redis_url=redis_url,
+                redis_timeout_s=cache.redis_timeout_s,
+                shard_timeout_s=cache.shard_timeout_s,
+            ),
+            llm_timeout_s=app_args.gateway.request_timeout_s,
+            warmup=agent_args.warmup,
+        )
+        name = f"agent_{agent_cls.name.replace('-', '_')}"
+        agents[agent_cls.name] = AgentReplica.options(name=name, **agent_args.options()).bind(config, llm, embedder, shards)
+
+    gateway_args = app_args.gateway
+    return Gateway.options(**gateway_args.options()).bind(
+        GatewayConfig(
+            model_path=model_path,
+            model_name=model_name,
+            request_timeout_s=gateway_args.request_timeout_s,
+            db_path=str(db_path),
+            store_limits=settings.limits,
+            chunk_target_tokens=settings.target_tokens,
+            chunk_max_tokens=settings.max_tokens,
+            agent_collections=collections,
+            protect_reads=gateway_args.protect_reads,
+        ),
+        llm,
+        embedder,
+        agents,
+    )

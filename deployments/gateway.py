@@ -1,26 +1,37 @@
-"""The HTTP ingress: routes, validation and error mapping; every route delegates to a plain service.
+"""The HTTP ingress: routes, validation, auth and error mapping; every route delegates to a plain service
+or to a deployment handle.
 
-Errors map to responses in one place (``_error_response``): bad input is a 4xx whose body names the
-field, an unreachable pool is a 503 with ``Retry-After``, and nothing else leaks as a stack trace.
+Errors map to responses in one place: bad input is a 4xx whose body names the field, an unreachable pool
+is a 503 with ``Retry-After``, and nothing else leaks as a stack trace.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
+import os
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
+from ray.exceptions import RayTaskError
 from ray.serve.handle import DeploymentHandle
 
+from agents.base import AgentRequest
+from agents.registry import AGENTS
 from cache.tokenizers import HuggingFaceTokenizer
+from deployments.embedder import make_remote_embed
 from deployments.llm_client import LLMPoolClient
 from llm import EngineDeadError, InvalidRequestError, LLMUnavailableError
 from llm.completions import CompletionRequest, CompletionsService
+from retrieval.chunker import chunk_text
+from retrieval.exceptions import CollectionNotFoundError, DocumentNotFoundError, InvalidInputError, RetrievalError
+from retrieval.service import RetrievalService
+from retrieval.store import CollectionStore, Document, StoreLimits, WriteResult
 
 __all__ = ["GatewayConfig", "Gateway", "app"]
 
@@ -29,6 +40,7 @@ logger = logging.getLogger(__name__)
 app = FastAPI(title="token-cached-rag", version="0.1.0")
 
 RETRY_AFTER_S = 5  # hint sent with 503 answers; the pool usually recovers (replica restart) within seconds
+API_KEY_ENV = "TCRAG_API_KEY"
 
 
 class GatewayConfig(BaseModel):
@@ -38,7 +50,36 @@ class GatewayConfig(BaseModel):
 
     model_path: str = Field(description="Folder of the served model (its tokenizer encodes text prompts).")
     model_name: str = Field(description="Name reported by /v1/models and checked against `model`.")
-    request_timeout_s: float = Field(default=120.0, gt=0, description="Longest wait for the LLM pool.")
+    request_timeout_s: float = Field(default=120.0, gt=0, description="Longest wait for the LLM pool or an agent.")
+    db_path: str = Field(description="SQLite file of the collection store.")
+    store_limits: StoreLimits = Field(default_factory=StoreLimits, description="Input limits on writes.")
+    chunk_target_tokens: int = Field(default=384, description="Chunker target size.")
+    chunk_max_tokens: int = Field(default=512, description="Chunker hard bound.")
+    agent_collections: dict[str, str] = Field(description="Agent name -> the collection it retrieves from.")
+    protect_reads: bool = Field(default=False, description="Also require TCRAG_API_KEY on read routes.")
+
+
+class DocumentIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    id: str = Field(min_length=1, max_length=128, description="Document id, unique in its collection.")
+    text: str = Field(min_length=1, description="Document text (Markdown or plain).")
+    metadata: dict[str, Any] = Field(default_factory=dict, description="Free-form metadata; `title` is shown.")
+
+
+class UpsertDocumentsBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    documents: list[DocumentIn] = Field(min_length=1, description="Documents to add or replace.")
+
+
+class CollectionBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    collection: str = Field(min_length=1, max_length=64, description="Collection name.")
+
+
+# ----------------------------------------------------------------------------- errors
 
 
 def _error(status: int, kind: str, message: str, field: str | None = None, headers: dict | None = None) -> JSONResponse:
@@ -68,8 +109,15 @@ async def _validation_error(request: Request, exc: RequestValidationError) -> JS
 
 
 @app.exception_handler(InvalidRequestError)
-async def _invalid_request(request: Request, exc: InvalidRequestError) -> JSONResponse:
-    return _error(400, "invalid_request", str(exc), exc.field)
+@app.exception_handler(InvalidInputError)
+async def _invalid_request(request: Request, exc: Exception) -> JSONResponse:
+    return _error(400, "invalid_request", str(exc), getattr(exc, "field", None))
+
+
+@app.exception_handler(CollectionNotFoundError)
+@app.exception_handler(DocumentNotFoundError)
+async def _not_found(request: Request, exc: Exception) -> JSONResponse:
+    return _error(404, "not_found", str(exc))
 
 
 @app.exception_handler(LLMUnavailableError)
@@ -79,34 +127,236 @@ async def _unavailable(request: Request, exc: Exception) -> JSONResponse:
     return _error(503, "unavailable", str(exc), headers={"Retry-After": str(RETRY_AFTER_S)})
 
 
+@app.exception_handler(RetrievalError)
+async def _retrieval_failed(request: Request, exc: Exception) -> JSONResponse:
+    return _error(503, "unavailable", str(exc), headers={"Retry-After": str(RETRY_AFTER_S)})
+
+
+@app.exception_handler(RayTaskError)
+async def _remote_error(request: Request, exc: RayTaskError) -> JSONResponse:
+    # A deployment raised: answer as if the cause had been raised here.
+    cause = getattr(exc, "cause", None)
+    for kind, handler in ((InvalidRequestError, _invalid_request), (InvalidInputError, _invalid_request),
+                          (CollectionNotFoundError, _not_found), (DocumentNotFoundError, _not_found),
+                          (LLMUnavailableError, _unavailable), (EngineDeadError, _unavailable)):
+        if isinstance(cause, kind):
+            return await handler(request, cause)
+    logger.error("deployment failed: %s", exc)
+    return _error(500, "internal", f"internal error: {type(cause or exc).__name__}")
+
+
+# ----------------------------------------------------------------------------- auth
+
+
+def _require_key(request: Request) -> None:
+    """When TCRAG_API_KEY is set, require it as a bearer token; compare in constant time, never log it."""
+    expected = os.environ.get(API_KEY_ENV)
+    if not expected:
+        return
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), expected.encode()):
+        raise _AuthError()
+
+
+class _AuthError(Exception):
+    pass
+
+
+@app.exception_handler(_AuthError)
+async def _unauthorized(request: Request, exc: Exception) -> JSONResponse:
+    return _error(401, "unauthorized", "missing or wrong API key (Authorization: Bearer ...)", "Authorization",
+                  headers={"WWW-Authenticate": "Bearer"})
+
+
+def _require_key_for_reads(request: Request) -> None:
+    instance = serve.get_replica_context().servable_object
+    if instance.config.protect_reads:
+        _require_key(request)
+
+
+# Helpers used by Gateway's methods are defined before the class: @serve.ingress serializes the routes
+# when the class is decorated, so names bound later in this module would be missing in the replica.
+
+
+def _info(info: Any) -> dict[str, Any]:
+    return {"name": info.name, "documents": info.documents, "chunks": info.chunks, "version": info.version}
+
+
+def _write(result: WriteResult) -> dict[str, Any]:
+    return {"collection": result.collection, "version": result.version, "upserted": result.upserted_doc_ids,
+            "skipped": result.skipped_doc_ids, "changed_chunks": len(result.changed_chunks),
+            "removed_chunks": len(result.removed_chunks)}
+
+
+def _merge_agent_stats(entries: list[dict[str, Any]]) -> dict[str, Any]:
+    """Sum one agent's replicas: hits, misses and bytes add up; the hit rate is recomputed."""
+    hits = sum(e["summary"]["cache_hits"] for e in entries)
+    misses = sum(e["summary"]["cache_misses"] for e in entries)
+    return {
+        "collection": entries[0]["collection"],
+        "replicas": len(entries),
+        "hits": hits,
+        "misses": misses,
+        "hit_rate": hits / (hits + misses) if hits + misses else 0.0,
+        "bytes": sum(e["tiers"].get("l0", {}).get("size_bytes", 0) for e in entries),
+        "entries": sum(e["tiers"].get("l0", {}).get("entries", 0) for e in entries),
+        "summary": [e["summary"] for e in entries],
+        "tiers": [e["tiers"] for e in entries],
+        "warmup": [e["warmup"] for e in entries],
+    }
+
+
+async def _guarded_stream(stream):
+    try:
+        async for event in stream:
+            yield event
+    except Exception as err:  # headers are sent: report the failure as a last event, not a broken stream
+        import json
+
+        yield f"data: {json.dumps({'error': {'type': 'unavailable', 'message': str(err)}})}\n\n"
+
+
+async def _await(response):  # DeploymentResponse is awaitable but not a coroutine; wait_for needs one
+    return await response
+
+
+def _make_agent_route(agent_cls: type) -> Any:
+    async def route(self, body):  # `self` is injected by Serve's class-based view
+        return await self._call_agent(agent_cls.name, body)
+
+    route.__annotations__ = {"body": agent_cls.request_model, "return": Any}
+    route.__name__ = f"agent_{agent_cls.name.replace('-', '_')}"
+    route.__qualname__ = f"Gateway.{route.__name__}"  # Serve binds routes whose qualname names the class
+    return route
+
+
+# POST /v1/agents/{name}/{route} for each agent in the registry, typed by its request model so that the
+# OpenAPI schema documents every body. Registered before the class so that @serve.ingress binds them.
+for _agent_cls in AGENTS:
+    app.post(f"/v1/agents/{_agent_cls.name}/{_agent_cls.route}", dependencies=[Depends(_require_key_for_reads)],
+             name=f"agent_{_agent_cls.name}")(_make_agent_route(_agent_cls))
+
+
+# ----------------------------------------------------------------------------- the ingress
+
+
 @serve.deployment(name="gateway")
 @serve.ingress(app)
 class Gateway:
-    def __init__(self, config: GatewayConfig, llm: DeploymentHandle) -> None:
-        self._config = config
+    def __init__(self, config: GatewayConfig, llm: DeploymentHandle, embedder: DeploymentHandle,
+                 agents: dict[str, DeploymentHandle]) -> None:
+        self.config = config
+        tokenizer = HuggingFaceTokenizer(config.model_path)
         self._pool = LLMPoolClient(llm, timeout_s=config.request_timeout_s)
-        self._completions = CompletionsService(
-            tokenizer=HuggingFaceTokenizer(config.model_path),
-            generate=self._pool.generate,
-            model_name=config.model_name,
+        self._completions = CompletionsService(tokenizer=tokenizer, generate=self._pool.generate,
+                                               model_name=config.model_name)
+        self._agents = agents
+        self._retrieval = RetrievalService(
+            CollectionStore(config.db_path, limits=config.store_limits),
+            make_remote_embed(embedder),
+            lambda text: chunk_text(text, lambda t: len(tokenizer.encode(t)),
+                                    config.chunk_target_tokens, config.chunk_max_tokens),
         )
         self._app_name = serve.get_replica_context().app_name
+
+    # -- health and models
 
     @app.get("/healthz")
     async def healthz(self) -> JSONResponse:
         """200 once every deployment of the app has its replicas running and healthy."""
         status = await asyncio.to_thread(serve.status)
         application = status.applications.get(self._app_name)
-        deployments = {name: str(d.status.value if hasattr(d.status, "value") else d.status)
+        deployments = {name: str(getattr(d.status, "value", d.status))
                        for name, d in (application.deployments.items() if application else [])}
         healthy = bool(deployments) and all(s == "HEALTHY" for s in deployments.values())
-        body = {"status": "ok" if healthy else "starting", "deployments": deployments, "model": self._config.model_name}
+        body = {"status": "ok" if healthy else "starting", "deployments": deployments, "model": self.config.model_name}
         return JSONResponse(status_code=200 if healthy else 503, content=body)
 
-    @app.get("/v1/models")
+    @app.get("/v1/models", dependencies=[Depends(_require_key_for_reads)])
     async def models(self) -> dict[str, Any]:
         return self._completions.models()
 
-    @app.post("/v1/completions")
+    @app.post("/v1/completions", dependencies=[Depends(_require_key_for_reads)])
     async def completions(self, body: CompletionRequest) -> Any:
         return await self._completions.complete(body)
+
+    # -- agents
+
+    async def _call_agent(self, name: str, body: AgentRequest) -> Any:
+        handle = self._agents[name]
+        if body.stream:
+            stream = handle.options(stream=True).answer_stream.remote(body)
+            return StreamingResponse(_guarded_stream(stream), media_type="text/event-stream")
+        response = handle.answer.remote(body)
+        try:
+            return await asyncio.wait_for(_await(response), timeout=self.config.request_timeout_s + 5)
+        except TimeoutError as err:
+            response.cancel()
+            raise LLMUnavailableError(f"agent {name} did not answer within {self.config.request_timeout_s:.0f} s") from err
+
+    # -- collections
+
+    @app.get("/v1/collections", dependencies=[Depends(_require_key_for_reads)])
+    async def list_collections(self) -> dict[str, Any]:
+        infos = await self._retrieval.list_collections()
+        return {"collections": [_info(i) for i in infos]}
+
+    @app.get("/v1/collections/{name}", dependencies=[Depends(_require_key_for_reads)])
+    async def get_collection(self, name: str) -> dict[str, Any]:
+        return _info(await self._retrieval.get_collection(name))
+
+    @app.put("/v1/collections/{name}/documents", dependencies=[Depends(_require_key)])
+    async def upsert_documents(self, name: str, body: UpsertDocumentsBody) -> dict[str, Any]:
+        docs = [Document(id=d.id, text=d.text, metadata=d.metadata) for d in body.documents]
+        result = await self._retrieval.upsert(name, docs)
+        await self._invalidate_removed(result)
+        return _write(result)
+
+    @app.delete("/v1/collections/{name}/documents/{doc_id}", dependencies=[Depends(_require_key)])
+    async def delete_document(self, name: str, doc_id: str) -> dict[str, Any]:
+        result = await self._retrieval.delete(name, doc_id)
+        await self._invalidate_removed(result)
+        return _write(result)
+
+    async def _invalidate_removed(self, result: WriteResult) -> None:
+        """Drop token-cache entries of replaced or deleted chunks from every tier of every agent.
+
+        Keys are content-addressed, so a changed chunk can never be served its old IDs anyway; this
+        frees the memory of entries no request will ask for again.
+        """
+        for doc_id in sorted({c.doc_id for c in result.removed_chunks}):
+            await self._broadcast_to_agents(result.collection, "invalidate", result.collection, doc_id)
+
+    async def _broadcast_to_agents(self, collection: str | None, method: str, *args: Any) -> list[Any]:
+        names = [n for n, c in self.config.agent_collections.items() if collection is None or c == collection]
+        results: list[Any] = []
+        for name in names:
+            try:
+                results.extend(await asyncio.wait_for(
+                    self._agents[name].broadcast(method, *args).results_async(), self.config.request_timeout_s))
+            except Exception as err:  # one agent's failure must not fail the write that already committed
+                logger.warning("broadcast %s to %s failed: %s", method, name, err)
+        return results
+
+    # -- cache
+
+    @app.get("/v1/cache/stats", dependencies=[Depends(_require_key_for_reads)])
+    async def cache_stats(self) -> dict[str, Any]:
+        replicas = await self._broadcast_to_agents(None, "cache_stats")
+        per_agent: dict[str, Any] = {}
+        for entry in replicas:
+            per_agent.setdefault(entry["agent"], []).append(entry)
+        return {"agents": {name: _merge_agent_stats(entries) for name, entries in per_agent.items()}}
+
+    @app.post("/v1/cache/warmup", dependencies=[Depends(_require_key)])
+    async def cache_warmup(self, body: CollectionBody) -> dict[str, Any]:
+        await self._retrieval.get_collection(body.collection)  # 404 for an unknown collection
+        results = await self._broadcast_to_agents(body.collection, "warm")
+        return {"collection": body.collection, "replicas": results}
+
+    @app.post("/v1/cache/invalidate", dependencies=[Depends(_require_key)])
+    async def cache_invalidate(self, body: CollectionBody) -> dict[str, Any]:
+        await self._retrieval.get_collection(body.collection)
+        results = await self._broadcast_to_agents(None, "invalidate", body.collection, None)
+        return {"collection": body.collection, "invalidated": results}

@@ -20,7 +20,7 @@ from typing import Any
 
 from llm.exceptions import InvalidRequestError
 
-__all__ = ["ChatSegments", "AssembledPrompt", "PromptAssembler", "canonical_order", "render_text_prompt"]
+__all__ = ["ChatSegments", "AssembledPrompt", "PromptAssembler", "canonical_order", "plain_prompt_ids"]
 
 _SYSTEM_MARK = "\x00SYSTEM\x00"
 _USER_MARK = "\x00USER\x00"
@@ -56,7 +56,7 @@ class ChatSegments:
 class AssembledPrompt:
     token_ids: list[int]
     prefix_len: int  # tokens of the shared prefix (through the last context chunk)
-    chunks_used: int  # context chunks that fit the budget, in the order given
+    kept: tuple[int, ...]  # indices of the context chunks that fit the budget, in the order given
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,15 +138,17 @@ class PromptAssembler:
         ids.extend(seg.system_to_user)
         ids.extend(user_ids)
         ids.extend(seg.after_user)
-        return AssembledPrompt(token_ids=ids, prefix_len=prefix_len, chunks_used=len(keep))
+        return AssembledPrompt(token_ids=ids, prefix_len=prefix_len, kept=tuple(sorted(keep)))
 
 
-def render_text_prompt(tokenizer: Any, system_prompt: str, context_texts: Sequence[str], user_text: str,
-                       context_header: str = "\n\nContext:\n") -> str:
-    """The plain-RAG prompt as text (the baseline): the same content, rendered and tokenized per request."""
+def plain_prompt_ids(tokenizer: Any, system_prompt: str, context_texts: Sequence[str], user_text: str,
+                     context_header: str = "\n\nContext:\n") -> list[int]:
+    """The plain-RAG baseline: the same content rendered as text by the chat template, then the whole
+    prompt tokenized on this request (what a RAG stack without a token cache does every time)."""
     system = system_prompt + (context_header + "".join(context_texts) if context_texts else "")
-    return tokenizer.apply_chat_template(
+    text = tokenizer.apply_chat_template(
         [{"role": "system", "content": system}, {"role": "user", "content": user_text}],
         tokenize=False,
         add_generation_prompt=True,
     )
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"])

@@ -31,6 +31,9 @@ class InvalidInputError(RetrievalError, ValueError):
         self.field = field
         self.message = message
 
+    def __reduce__(self):  # keep both fields when Ray pickles the error between processes
+        return (type(self), (self.field, self.message))
+
 
 class InvalidDocumentError(InvalidInputError):
     """Raised when a document fails validation (id pattern, empty or oversized text, bad metadata,
@@ -48,6 +51,9 @@ class CollectionNotFoundError(RetrievalError, KeyError):
         super().__init__(name)
         self.name = name
 
+    def __reduce__(self):
+        return (type(self), (self.name,))
+
     def __str__(self) -> str:
         return f"collection not found: {self.name!r}"
 
@@ -59,6 +65,9 @@ class DocumentNotFoundError(RetrievalError, KeyError):
         super().__init__(doc_id)
         self.collection = collection
         self.doc_id = doc_id
+
+    def __reduce__(self):
+        return (type(self), (self.collection, self.doc_id))
 
     def __str__(self) -> str:
         return f"document not found: {self.collection!r}/{self.doc_id!r}"
