@@ -60,7 +60,7 @@ def _answer_with_sections(text: str, sources: list[RetrievedSource]) -> dict[str
     answer = clean_model_text(text)
     if not answer:
         if sources:
-            best = sources[0]
+            best = max(sources, key=lambda s: s.score)
             answer = f"From \"{best.title}\": {first_paragraph(best.text) or best.text.strip()[:500]}"
         else:
             answer = "The documentation has no section matching this question."

@@ -69,7 +69,8 @@ class SEDarwinAgent(Agent):
     def postprocess(self, text: str, sources: list[RetrievedSource], request: AgentRequest) -> dict[str, Any]:
         """`{"operators": [doc_id, ...], "variants": [{"operator", "title", "code", "rationale"}]}`."""
         candidate = getattr(request, "candidate", "") or ""
-        operators = best_per_document(sources)
+        # By score, not the given order: the prompt may hold chunks in a canonical (prefix-stable) order.
+        operators = best_per_document(sorted(sources, key=lambda s: -s.score))
         try:
             sections = parse_operator_sections(clean_model_text(text), sources)
         except Exception:  # post-processing must never fail the request

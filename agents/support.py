@@ -60,8 +60,9 @@ def _answer_with_citations(text: str, sources: list[RetrievedSource]) -> dict[st
     articles = best_per_document(sources)
     if not answer:
         if articles:
-            lead = first_paragraph(articles[0].text) or articles[0].title
-            answer = f"See \"{articles[0].title}\": {lead}"
+            best = max(articles, key=lambda a: a.score)
+            lead = first_paragraph(best.text) or best.title
+            answer = f"See \"{best.title}\": {lead}"
         else:
             answer = "I could not find a help article for this question; please contact support."
     named = set(mentioned_documents(answer, articles))

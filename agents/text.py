@@ -134,10 +134,12 @@ def code_identifiers(code: str, limit: int = 8) -> list[str]:
 
 
 def best_per_document(sources: Sequence[RetrievedSource]) -> list[RetrievedSource]:
-    """One source per document (its first chunk in retrieval order), documents in retrieval order."""
+    """One source per document (its highest-scoring chunk), documents in order of first appearance."""
     seen: dict[str, RetrievedSource] = {}
     for source in sources:
-        seen.setdefault(source.doc_id, source)
+        kept = seen.get(source.doc_id)
+        if kept is None or source.score > kept.score:
+            seen[source.doc_id] = source  # replacing a value keeps the key's original position
     return list(seen.values())
 
 

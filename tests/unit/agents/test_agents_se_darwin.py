@@ -140,3 +140,9 @@ def test_garbage_output_gives_annotated_candidates(garbage, make_source):
 
 def test_no_sources_means_no_operators(garbage):
     assert SEDarwinAgent().postprocess(garbage, [], _request()) == {"operators": [], "variants": []}
+
+
+def test_operators_are_ranked_by_score_not_by_source_order(make_source):
+    sources = list(reversed(_sources(make_source)))  # e.g. the prompt's canonical order
+    out = SEDarwinAgent().postprocess("", sources, _request())
+    assert out["operators"] == ["memoization-insertion", "early-return-refactor", "loop-unrolling-mutation"]

@@ -76,3 +76,10 @@ def test_documents_by_mention_and_label():
     assert resolve_document("audit", sources) == "audit-log"
     assert resolve_document("x", sources) is None
     assert resolve_document("", sources) is None
+
+
+def test_best_per_document_keeps_the_best_chunk_in_first_appearance_order():
+    low = RetrievedSource("a#0", "a", "A", "", 0.2)
+    other = RetrievedSource("b#0", "b", "B", "", 0.5)
+    high = RetrievedSource("a#3", "a", "A", "", 0.9)
+    assert [s.chunk_id for s in best_per_document([low, other, high])] == ["a#3", "b#0"]
