@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
@@ -140,7 +141,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     rng = np.random.default_rng(0)
-    results: dict = {"note": "search uses synthetic random unit vectors (384-d); ingest uses the real embedder"}
+    results: dict = {
+        "note": "search uses synthetic random unit vectors (384-d); ingest uses the real embedder",
+        "machine": {"cpus": os.cpu_count(), "loadavg_1m_at_start": round(os.getloadavg()[0], 2)},
+    }
     with tempfile.TemporaryDirectory(prefix="tcrag-bench-") as tmp:
         if not args.skip_ingest:
             embedder = SentenceTransformerEmbedder()
@@ -152,6 +156,8 @@ def main(argv: list[str] | None = None) -> int:
         for n in args.sizes:
             results["search"][str(n)] = bench_search(n, Path(tmp), args.queries, rng)
             print(f"search @ {n}:", json.dumps(results["search"][str(n)]), flush=True)
+    results["machine"]["loadavg_1m_at_end"] = round(os.getloadavg()[0], 2)
+    print("machine:", json.dumps(results["machine"]))
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(results, indent=2))
