@@ -61,10 +61,6 @@ class _EmbedderServerImpl:
         """How many `embed_one` calls were served in how many batches (for tests and metrics)."""
         return {"batches": self._batches, "calls": self._batched_calls}
 
-    async def check_health(self) -> None:
-        """Serve health check: the model must still answer."""
-        await asyncio.to_thread(self._embedder.embed, ["health"])
-
 
 EmbedderServer = serve.deployment(
     _EmbedderServerImpl,
