@@ -83,3 +83,19 @@ def test_config_validation():
         RetrievalConfig(target_tokens=600, max_tokens=512)
     with pytest.raises(ValidationError):
         RetrievalConfig(unknown=1)
+
+
+def test_evaluate_recall_with_fake_embedder(tmp_path):
+    from retrieval.eval_recall import evaluate
+
+    write_samples(tmp_path / "data")
+    (tmp_path / "data" / "eval" / "support_kb.jsonl").write_text(
+        '{"query": "Body of article 1", "expected_doc": "article-1"}\n'
+        '{"query": "zzz unrelated", "expected_doc": "missing-doc"}\n'
+    )
+    store = CollectionStore(tmp_path / "db")
+    embedder = HashingEmbedder(64)
+    load_sample_collections(store, tmp_path / "data", chunker, embedder.embed)
+    [result] = evaluate(store, embedder, tmp_path / "data" / "eval", k=5)
+    assert (result.collection, result.queries, result.hits, result.recall) == ("support_kb", 2, 1, 0.5)
+    assert result.failures[0][:2] == ("zzz unrelated", "missing-doc")
