@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import threading
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import Any
@@ -78,6 +79,9 @@ class HuggingFaceTokenizer(TokenizerBackend):
     def _init(self, tok: Any, name: str) -> None:
         self.name = name
         self._tok = tok
+        # transformers resets truncation/padding on the Rust tokenizer inside each call; two threads doing
+        # that at once fail with "Already borrowed". One lock: the Rust batch encode is parallel inside.
+        self._lock = threading.Lock()
         self._fingerprint = self._compute_fingerprint(tok)
         logger.info("HF tokenizer %s fingerprint %s", name, self._fingerprint[:16])
 
@@ -115,13 +119,14 @@ class HuggingFaceTokenizer(TokenizerBackend):
     def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
         if not texts:
             return []
-        out = self._tok(
-            list(texts),
-            add_special_tokens=False,
-            split_special_tokens=True,
-            return_attention_mask=False,
-            return_token_type_ids=False,
-        )
+        with self._lock:
+            out = self._tok(
+                list(texts),
+                add_special_tokens=False,
+                split_special_tokens=True,
+                return_attention_mask=False,
+                return_token_type_ids=False,
+            )
         return [list(ids) for ids in out["input_ids"]]
 
     def decode(self, ids: Sequence[int]) -> str:

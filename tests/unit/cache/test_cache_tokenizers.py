@@ -40,3 +40,14 @@ def test_tiktoken_fingerprint_stable_and_differs_from_hf(hf_tokenizer_dir):
     assert 100257 not in ids  # special text is not the special token
     assert a.decode(ids) == "hello <|endoftext|> world"
     assert a.encode_batch(["x y", "z"]) == [a.encode("x y"), a.encode("z")]
+
+
+def test_hf_encode_from_many_threads(hf_tokenizer_dir):
+    from concurrent.futures import ThreadPoolExecutor
+
+    tok = HuggingFaceTokenizer(hf_tokenizer_dir)
+    texts = [f"the quick brown fox {i}" for i in range(50)]
+    expected = tok.encode_batch(texts)
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(lambda _: tok.encode_batch(texts), range(40)))
+    assert all(r == expected for r in results)
