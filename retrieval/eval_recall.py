@@ -24,7 +24,8 @@ from retrieval.chunker import chunk_text
 from retrieval.embedder import Embedder, SentenceTransformerEmbedder
 from retrieval.index import ExactCosineIndex
 from retrieval.samples import load_sample_collections
-from retrieval.store import CollectionNotFoundError, CollectionStore
+from retrieval.exceptions import CollectionNotFoundError
+from retrieval.store import CollectionStore
 from retrieval.tokens import make_token_counter
 
 __all__ = ["CollectionRecall", "evaluate", "main"]
