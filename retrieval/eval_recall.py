@@ -22,9 +22,9 @@ from pathlib import Path
 
 from retrieval.chunker import chunk_text
 from retrieval.embedder import Embedder, SentenceTransformerEmbedder
+from retrieval.exceptions import CollectionNotFoundError
 from retrieval.index import ExactCosineIndex
 from retrieval.samples import load_sample_collections
-from retrieval.exceptions import CollectionNotFoundError
 from retrieval.store import CollectionStore
 from retrieval.tokens import make_token_counter
 
