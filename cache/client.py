@@ -194,9 +194,14 @@ class TokenCache:
 
         by_tier: dict[str, int] = {}
         token_ids: list[list[int]] = []
+        handed_out: set[str] = set()
+        shared = set(missing)  # lists resolved through single-flight are shared by every waiter
         for key in keys:
             ids, tier = found[key]
-            token_ids.append(ids)
+            # Callers own their lists (prompt assembly may extend them): copy any list that another
+            # caller or another position of this request also holds. L0 decodes a fresh list anyway.
+            token_ids.append(list(ids) if key in shared or key in handed_out else ids)
+            handed_out.add(key)
             by_tier[tier] = by_tier.get(tier, 0) + 1
         misses = by_tier.pop(TOKENIZED, 0)
         hits = len(keys) - misses

@@ -228,3 +228,14 @@ def test_redis_tier_from_config():
     assert redis_tier_from_config(TokenCacheConfig()) is None
     tier = redis_tier_from_config(TokenCacheConfig(redis_url="redis://127.0.0.1:1/0", redis_ttl_s=5))
     assert isinstance(tier, RedisTier) and tier.ttl_s == 5  # lazily connecting: no server needed
+
+
+async def test_callers_own_their_lists():
+    tok = FakeTokenizer(delay_s=0.01)
+    cache, tok, *_ = make_cache(tokenizer=tok)
+    c = chunks(1)
+    a, b = await asyncio.gather(cache.get_tokens(c + c), cache.get_tokens(c))
+    expected = tok.encode(c[0].text)
+    a.token_ids[0].append(-1)
+    assert a.token_ids[1] == expected and b.token_ids[0] == expected
+    assert (await cache.get_tokens(c)).token_ids[0] == expected
