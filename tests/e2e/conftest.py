@@ -9,13 +9,24 @@ from pathlib import Path
 import pytest
 
 from tests.support.app_process import AppProcess
+from tests.support.redis_server import RedisServer, free_port
 
 
 @pytest.fixture(scope="package")
-def app(tmp_path_factory) -> AppProcess:
+def redis_server() -> RedisServer:
+    """The app's L2 tier: a redis-server of the tests' own, so fault tests can stop and restart it."""
+    server = RedisServer(free_port())
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="package")
+def app(tmp_path_factory, redis_server: RedisServer) -> AppProcess:
     workdir = tmp_path_factory.mktemp("app")
-    env = {"TCRAG_DATA_DIR": str(workdir / "data"), "RAY_DEDUP_LOGS": "0"}
-    process = AppProcess(env=env, log_path=workdir / "serve.log")
+    env = {"TCRAG_DATA_DIR": str(workdir / "data"), "REDIS_URL": redis_server.url, "RAY_DEDUP_LOGS": "0"}
+    port = int(os.environ.get("TCRAG_E2E_PORT", "8000"))
+    process = AppProcess(env=env, log_path=workdir / "serve.log", port=port)
     print(f"\n[e2e] starting the app (log: {process.log_path})", file=sys.stderr, flush=True)
     start_s = process.start()
     print(f"[e2e] app healthy after {start_s:.0f} s", file=sys.stderr, flush=True)

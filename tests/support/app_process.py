@@ -12,6 +12,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import yaml
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -32,15 +34,37 @@ def http_json(method: str, url: str, body: object | None = None, timeout_s: floa
             return err.code, {"raw": raw.decode(errors="replace")}
 
 
+def _config_copy(config: Path, target: Path, port: int, overrides: dict) -> Path:
+    """The user's serve_config.yaml with the test's port and app-arg overrides (nested dicts merge)."""
+    data = yaml.safe_load(config.read_text())
+    data.setdefault("http_options", {})["port"] = port
+    args = data["applications"][0].setdefault("args", {})
+    _merge(args, overrides)
+    target.write_text(yaml.safe_dump(data, sort_keys=False))
+    return target
+
+
+def _merge(base: dict, extra: dict) -> None:
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            _merge(base[key], value)
+        else:
+            base[key] = value
+
+
 class AppProcess:
-    """`serve run` in a subprocess with its own environment; waits for /healthz and shuts down cleanly."""
+    """`serve run` in a subprocess with its own environment; waits for /healthz and shuts down cleanly.
+
+    The app gets a Ray cluster of its own (``RAY_ADDRESS=local``) and the HTTP port given, so a test run
+    never attaches to, or redeploys, an app that a developer is running on the same machine.
+    """
 
     def __init__(self, env: dict[str, str], log_path: Path, port: int = 8000,
-                 config: Path = REPO / "serve_config.yaml") -> None:
-        self.env = env
+                 config: Path = REPO / "serve_config.yaml", overrides: dict | None = None) -> None:
+        self.env = {"RAY_ADDRESS": "local", **env}
         self.log_path = log_path
         self.base_url = f"http://127.0.0.1:{port}"
-        self.config = config
+        self.config = _config_copy(config, log_path.parent / "serve_config.yaml", port, overrides or {})
         self._proc: subprocess.Popen | None = None
 
     def start(self, timeout_s: float = 900.0) -> float:
@@ -80,7 +104,5 @@ class AppProcess:
             except subprocess.TimeoutExpired:
                 os.killpg(self._proc.pid, signal.SIGKILL)
                 self._proc.wait()
-        subprocess.run([str(Path(sys.executable).with_name("ray")), "stop", "--force"],
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
         self._proc = None
         self._log.close()
