@@ -34,6 +34,11 @@ class AgentRequest(BaseModel):
         description="false serves the request as plain RAG: text prompt, tokenized per request, no token "
         "cache and no vLLM prefix reuse (the benchmark baseline).",
     )
+    prefix_cache: bool = Field(
+        default=True,
+        description="false gives the request a fresh vLLM cache_salt so no KV prefix is reused (with "
+        "use_cache=true this isolates the token cache's own effect: the benchmark's token_cache mode).",
+    )
 
 
 @dataclass(frozen=True, slots=True)

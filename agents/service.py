@@ -32,6 +32,7 @@ class AgentService:
             "max_tokens": request.max_tokens,
             "temperature": request.temperature,
             "use_cache": request.use_cache,
+            "prefix_cache": request.prefix_cache,
         }
 
     def _response(self, run: RAGRun, request: AgentRequest) -> dict[str, Any]:

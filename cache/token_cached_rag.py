@@ -176,7 +176,8 @@ class TokenCachedRAG:
                         text=chunk_segment_text(chunk))
 
     async def _prepare(self, *, system_prompt: str, collection: str, retrieval_query: str, user_message: str,
-                       top_k: int, max_tokens: int, temperature: float, use_cache: bool) -> _Prepared:
+                       top_k: int, max_tokens: int, temperature: float, use_cache: bool,
+                       prefix_cache: bool = True) -> _Prepared:
         started = self._clock()
         hits = list(await self._search(collection, retrieval_query, top_k))
         retrieved = self._clock()
@@ -197,7 +198,8 @@ class TokenCachedRAG:
         # Chunks dropped for length are not sources: report only what the model saw, in prompt order.
         kept = [ordered[i] for i in prompt.kept]
         request = GenerateRequest(prompt_token_ids=prompt.token_ids, max_tokens=max_tokens, temperature=temperature,
-                                  prefix_len=prompt.prefix_len)
+                                  prefix_len=prompt.prefix_len,
+                                  cache_salt=None if prefix_cache else uuid.uuid4().hex)
         return _Prepared(request, [_source(h) for h in kept], lookup,
                          (retrieved - started) * 1e3, (self._clock() - retrieved) * 1e3)
 
