@@ -240,3 +240,26 @@ def test_concurrent_reader_sees_committed_state_only(tmp_path, embedder):
     stop.set()
     t.join()
     assert seen and all(n_docs == version for version, n_docs in seen)
+
+
+def test_concurrent_writers_serialize(tmp_path, embedder):
+    CollectionStore(tmp_path / "db").create_collection("kb")
+    errors: list[BaseException] = []
+
+    def write(offset: int) -> None:
+        store = CollectionStore(tmp_path / "db")  # one store per writer, as in separate processes
+        try:
+            for i in range(offset, offset + 8):
+                store.upsert_documents("kb", [doc(i)], chunker, embedder.embed)
+        except BaseException as err:  # noqa: BLE001 -- surfaced by the assertion below
+            errors.append(err)
+
+    threads = [threading.Thread(target=write, args=(k * 100,)) for k in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    store = CollectionStore(tmp_path / "db")
+    assert store.version("kb") == 24
+    assert len(store.list_document_ids("kb")) == 24
