@@ -149,3 +149,19 @@ async def test_invalidate_by_document_collection_and_all(redis_url, tokenizer):
     assert admin.keys("*") == [b"unrelated"]
     admin.close()
     await cache.close()
+
+
+async def test_slow_redis_is_bounded_by_timeout_and_breaker(redis_url, tokenizer):
+    cache = new_cache(tokenizer, redis_url, cooldown_s=5.0)
+    await cache.get_tokens(chunks(1, doc="prime"))  # connection pool warm
+    admin = redis.Redis.from_url(redis_url)
+    admin.client_pause(1500)  # the server holds every client's commands for 1.5 s: "slow", not down
+    t0 = time.perf_counter()
+    for i in range(10):
+        assert (await cache.get_tokens(chunks(2, doc=f"slow{i}"))).misses == 2
+    elapsed = time.perf_counter() - t0
+    admin.close()
+    # Two timeouts of 0.2 s open the breaker; the other lookups skip Redis instantly.
+    assert elapsed < 1.2, elapsed
+    assert cache.stats()["redis"]["breaker"] == "open"
+    await cache.close()
