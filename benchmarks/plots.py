@@ -1,0 +1,75 @@
+"""PNG plots of a benchmark run (matplotlib, Agg backend: no display needed)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from benchmarks.stats import MODES, Sample
+
+__all__ = ["plot_latency", "plot_cold_start"]
+
+_COLORS = {"baseline": "#c44e52", "token_cache": "#dd8452", "full": "#4c72b0"}
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_latency(samples: Sequence[Sample], agents: Sequence[str], path: Path, max_tokens: int) -> Path:
+    """Box plots of TTFT (top) and total latency (bottom) per agent, one box per mode."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(2, 1, figsize=(max(8, 2.2 * len(agents)), 8), sharex=True)
+    modes = [m for m in MODES if any(s.mode == m and s.ok for s in samples)]
+    width = 0.8 / max(1, len(modes))
+    for ax, field, label in ((axes[0], "ttft_ms", "time to first token (ms)"),
+                             (axes[1], "total_ms", f"total latency (ms), max_tokens={max_tokens}")):
+        for j, mode in enumerate(modes):
+            data, positions = [], []
+            for i, agent in enumerate(agents):
+                values = [getattr(s, field) for s in samples if s.ok and s.agent == agent and s.mode == mode]
+                if values:
+                    data.append(values)
+                    positions.append(i + (j - (len(modes) - 1) / 2) * width)
+            if not data:
+                continue
+            box = ax.boxplot(data, positions=positions, widths=width * 0.9, patch_artist=True,
+                             showfliers=True, manage_ticks=False)
+            for patch in box["boxes"]:
+                patch.set_facecolor(_COLORS.get(mode, "#888888"))
+                patch.set_alpha(0.75)
+            ax.plot([], [], color=_COLORS.get(mode, "#888888"), linewidth=8, alpha=0.75, label=mode)
+        ax.set_ylabel(label)
+        ax.set_yscale("log")
+        ax.grid(axis="y", alpha=0.3)
+        ax.legend(loc="upper right")
+    axes[1].set_xticks(range(len(agents)), agents)
+    axes[0].set_title("Latency per agent and mode (agent-side; log scale)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_cold_start(curves: Mapping[str, Sequence[float]], path: Path) -> Path:
+    """Cumulative token-cache hit rate per request after a cache invalidation, one line per agent."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for agent, curve in curves.items():
+        if curve:
+            ax.plot(range(1, len(curve) + 1), curve, marker="o", markersize=3, label=agent)
+    ax.set_xlabel("requests since invalidation (cold cache, no warm-up)")
+    ax.set_ylabel("cumulative token-cache hit rate")
+    ax.set_ylim(-0.02, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize="small")
+    ax.set_title("Token-cache hit rate from a cold start")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
