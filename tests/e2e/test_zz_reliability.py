@@ -128,6 +128,14 @@ def record(app: Any, fault: str, load: MixedLoad | None, **numbers: Any) -> dict
     return entry
 
 
+def log_count(app: Any, needle: str) -> int:
+    """Lines of the app's serve log containing ``needle`` (e.g. the pool client's retry warning)."""
+    try:
+        return Path(app.log_path).read_text(errors="replace").count(needle)
+    except OSError:
+        return -1
+
+
 def start_load(base_url: str, workers: int = WORKERS, min_ok: int = 3) -> MixedLoad:
     """Start the load and wait until it is flowing (a few requests answered)."""
     load = MixedLoad(base_url, workers=workers, extra={"max_tokens": MAX_TOKENS}, timeout_s=REQUEST_TIMEOUT_S).start()
@@ -220,6 +228,7 @@ def test_redis_stopped_and_restarted_mid_load(app, base_url, redis_server):
 def test_one_llm_replica_killed_mid_load(app, base_url, serve_pid):
     replicas = replica_processes(serve_pid, "llm")
     assert len(replicas) == 2, f"expected 2 llm replicas, found {[p.pid for p in replicas]}"
+    retries_before = log_count(app, "LLM replica lost")
     load = start_load(base_url, workers=6)
     try:
         keep_loading(load, more_ok=3)
@@ -231,7 +240,7 @@ def test_one_llm_replica_killed_mid_load(app, base_url, serve_pid):
     finally:
         load.stop()
     record(app, "llm_replica_killed", load, killed_pids=sorted(killed), sent_before_kill=sent_at_kill,
-           recover_s=recover_s)
+           recover_s=recover_s, retried_on_other_replica=log_count(app, "LLM replica lost") - retries_before)
     assert_no_failures(load)
 
 
