@@ -27,6 +27,7 @@ from cache.tokenizers import HuggingFaceTokenizer
 from deployments.cache_group import ServeShardClient
 from deployments.embedder import make_remote_embed
 from deployments.llm_client import LLMPoolClient
+from llm.fallback import FallbackConfig, build_fallback_llm
 from llm.prompt import ChatSegments, PromptAssembler, plain_prompt_ids
 from retrieval.chunker import chunk_text
 from retrieval.service import RetrievalService
@@ -52,6 +53,7 @@ class AgentReplicaConfig(BaseModel):
     chunk_max_tokens: int = Field(default=512, description="Chunker hard bound.")
     token_cache: TokenCacheConfig = Field(description="This agent's token cache settings.")
     llm_timeout_s: float = Field(default=120.0, gt=0, description="Longest wait for the LLM pool.")
+    llm_fallback: FallbackConfig | None = Field(default=None, description="Endpoint used when the pool is unavailable.")
     embed_timeout_s: float = Field(default=30.0, gt=0, description="Longest wait for the embedder.")
     warmup: bool = Field(default=True, description="Tokenize the whole collection into the cache at start.")
 
@@ -85,7 +87,7 @@ class AgentReplica:
             search=self._retrieval.search,
             token_cache=token_cache,
             assembler=PromptAssembler(ChatSegments.from_hf_tokenizer(hf), tokenizer.encode, config.max_model_len),
-            llm=LLMPoolClient(llm, timeout_s=config.llm_timeout_s),
+            llm=build_fallback_llm(LLMPoolClient(llm, timeout_s=config.llm_timeout_s), config.llm_fallback),
             encode=tokenizer.encode,
             decode=tokenizer.decode,
             plain_prompt_ids=lambda system, texts, user: plain_prompt_ids(hf, system, texts, user),

@@ -27,6 +27,7 @@ from deployments.embedder import EmbedderServer
 from deployments.gateway import Gateway, GatewayConfig
 from deployments.llm_server import LLMReplica, LLMReplicaConfig
 from llm import EngineConfig, EngineSettings
+from llm.fallback import FallbackConfig
 from retrieval.config import EmbedderConfig, RetrievalConfig
 
 __all__ = ["AppArgs", "build", "resolve_model_path"]
@@ -66,12 +67,20 @@ class ScaleArgs(BaseModel):
     autoscaling_config: dict[str, Any] | None = Field(default=None, description="Serve autoscaling config.")
     num_cpus: float = Field(default=0.05, gt=0, description="Ray CPUs reserved per replica (fractional on 2 cores).")
     memory_gb: float | None = Field(default=None, gt=0, description="Ray memory reserved per replica.")
+    max_ongoing_requests: int = Field(default=64, ge=1, description="Requests a replica works on at once.")
+    max_queued_requests: int = Field(
+        default=512, ge=-1, description="Requests queued for the deployment before callers get 503 (-1: unbounded)."
+    )
 
     def options(self) -> dict[str, Any]:
         actor_options: dict[str, Any] = {"num_cpus": self.num_cpus}
         if self.memory_gb:
             actor_options["memory"] = int(self.memory_gb * (1 << 30))
-        options: dict[str, Any] = {"ray_actor_options": actor_options}
+        options: dict[str, Any] = {
+            "ray_actor_options": actor_options,
+            "max_ongoing_requests": self.max_ongoing_requests,
+            "max_queued_requests": self.max_queued_requests,
+        }
         if self.autoscaling_config:
             options["autoscaling_config"] = self.autoscaling_config
         else:
@@ -87,6 +96,9 @@ class LLMPoolArgs(ScaleArgs):
     bind_cores: bool = Field(default=True, description="Pin each CPU engine to a core of its own.")
     engine: EngineSettings = Field(default_factory=EngineSettings, description="vLLM engine settings.")
     router: RouterArgs = Field(default_factory=RouterArgs, description="Request routing across replicas.")
+    fallback: FallbackConfig | None = Field(
+        default=None, description="OpenAI-compatible endpoint that serves when the whole pool is unavailable."
+    )
 
 
 class GatewayArgs(ScaleArgs):
@@ -220,8 +232,6 @@ def build(args: dict[str, Any] | None = None) -> Application:
     # LLM pool
     pool = app_args.llm
     llm_options = pool.options()
-    llm_options["max_ongoing_requests"] = pool.max_ongoing_requests
-    llm_options["max_queued_requests"] = pool.max_queued_requests
     if pool.router.request_router_class:
         llm_options["request_router_config"] = RequestRouterConfig(
             request_router_class=pool.router.request_router_class,
@@ -270,6 +280,7 @@ def build(args: dict[str, Any] | None = None) -> Application:
                 shard_timeout_s=cache.shard_timeout_s,
             ),
             llm_timeout_s=app_args.gateway.request_timeout_s,
+            llm_fallback=pool.fallback,
             warmup=agent_args.warmup,
         )
         name = f"agent_{agent_cls.name.replace('-', '_')}"
@@ -287,6 +298,7 @@ def build(args: dict[str, Any] | None = None) -> Application:
             chunk_max_tokens=settings.max_tokens,
             agent_collections=collections,
             protect_reads=gateway_args.protect_reads,
+            llm_fallback=pool.fallback,
         ),
         llm,
         embedder,

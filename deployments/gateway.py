@@ -19,6 +19,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
 from ray.exceptions import RayTaskError
+from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 
 from agents.base import AgentRequest
@@ -28,6 +29,7 @@ from deployments.embedder import make_remote_embed
 from deployments.llm_client import LLMPoolClient
 from llm import EngineDeadError, InvalidRequestError, LLMUnavailableError
 from llm.completions import CompletionRequest, CompletionsService
+from llm.fallback import FallbackConfig, build_fallback_llm
 from retrieval.chunker import chunk_text
 from retrieval.exceptions import CollectionNotFoundError, DocumentNotFoundError, InvalidInputError, RetrievalError
 from retrieval.service import RetrievalService
@@ -41,6 +43,7 @@ app = FastAPI(title="token-cached-rag", version="0.1.0")
 
 RETRY_AFTER_S = 5  # hint sent with 503 answers; the pool usually recovers (replica restart) within seconds
 API_KEY_ENV = "TCRAG_API_KEY"
+MAX_BODY_BYTES = 16 << 20  # above any valid request (an upsert of many large documents); checked before reading
 
 
 class GatewayConfig(BaseModel):
@@ -57,6 +60,7 @@ class GatewayConfig(BaseModel):
     chunk_max_tokens: int = Field(default=512, description="Chunker hard bound.")
     agent_collections: dict[str, str] = Field(description="Agent name -> the collection it retrieves from.")
     protect_reads: bool = Field(default=False, description="Also require TCRAG_API_KEY on read routes.")
+    llm_fallback: FallbackConfig | None = Field(default=None, description="Endpoint used when the pool is unavailable.")
 
 
 class DocumentIn(BaseModel):
@@ -127,6 +131,12 @@ async def _unavailable(request: Request, exc: Exception) -> JSONResponse:
     return _error(503, "unavailable", str(exc), headers={"Retry-After": str(RETRY_AFTER_S)})
 
 
+@app.exception_handler(BackPressureError)
+async def _overloaded(request: Request, exc: Exception) -> JSONResponse:
+    # A deployment's queue is full (max_queued_requests): shed load instead of queueing without bound.
+    return _error(503, "overloaded", str(exc), headers={"Retry-After": str(RETRY_AFTER_S)})
+
+
 @app.exception_handler(RetrievalError)
 async def _retrieval_failed(request: Request, exc: Exception) -> JSONResponse:
     return _error(503, "unavailable", str(exc), headers={"Retry-After": str(RETRY_AFTER_S)})
@@ -143,6 +153,16 @@ async def _remote_error(request: Request, exc: RayTaskError) -> JSONResponse:
             return await handler(request, cause)
     logger.error("deployment failed: %s", exc)
     return _error(500, "internal", f"internal error: {type(cause or exc).__name__}")
+
+
+@app.middleware("http")
+async def _limit_body_size(request: Request, call_next):
+    """Refuse a declared body over MAX_BODY_BYTES before it is read (413 naming the body)."""
+    length = request.headers.get("content-length")
+    if length is not None and (not length.isdigit() or int(length) > MAX_BODY_BYTES):
+        return _error(413, "payload_too_large", f"request body over {MAX_BODY_BYTES} bytes (Content-Length {length})",
+                      "body")
+    return await call_next(request)
 
 
 # ----------------------------------------------------------------------------- auth
@@ -248,7 +268,7 @@ class Gateway:
                  agents: dict[str, DeploymentHandle]) -> None:
         self.config = config
         tokenizer = HuggingFaceTokenizer(config.model_path)
-        self._pool = LLMPoolClient(llm, timeout_s=config.request_timeout_s)
+        self._pool = build_fallback_llm(LLMPoolClient(llm, timeout_s=config.request_timeout_s), config.llm_fallback)
         self._completions = CompletionsService(tokenizer=tokenizer, generate=self._pool.generate,
                                                model_name=config.model_name)
         self._agents = agents

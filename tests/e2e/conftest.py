@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
@@ -26,7 +27,10 @@ def app(tmp_path_factory, redis_server: RedisServer) -> AppProcess:
     workdir = tmp_path_factory.mktemp("app")
     env = {"TCRAG_DATA_DIR": str(workdir / "data"), "REDIS_URL": redis_server.url, "RAY_DEDUP_LOGS": "0"}
     port = int(os.environ.get("TCRAG_E2E_PORT", "8000"))
-    process = AppProcess(env=env, log_path=workdir / "serve.log", port=port)
+    # TCRAG_E2E_OVERRIDES (JSON, merged into the app args) lets a developer run the suite beside a dev app,
+    # e.g. with a smaller KV cache; CI runs serve_config.yaml as users do.
+    overrides = json.loads(os.environ.get("TCRAG_E2E_OVERRIDES", "{}"))
+    process = AppProcess(env=env, log_path=workdir / "serve.log", port=port, overrides=overrides)
     print(f"\n[e2e] starting the app (log: {process.log_path})", file=sys.stderr, flush=True)
     start_s = process.start()
     print(f"[e2e] app healthy after {start_s:.0f} s", file=sys.stderr, flush=True)

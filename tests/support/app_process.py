@@ -52,6 +52,20 @@ def _merge(base: dict, extra: dict) -> None:
             base[key] = value
 
 
+def _kill_orphaned_engines() -> None:
+    """vLLM's engine processes outlive a replica that was killed hard (SIGKILL leaves no time to shut the
+    engine down); once re-parented to init they are garbage holding GBs of memory, so the tests reap them."""
+    import psutil
+
+    for proc in psutil.process_iter(["name", "ppid", "cmdline"]):
+        try:
+            title = " ".join(proc.info["cmdline"] or [proc.info["name"] or ""])
+            if proc.info["ppid"] == 1 and title.startswith("VLLM::"):
+                proc.kill()
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+
+
 class AppProcess:
     """`serve run` in a subprocess with its own environment; waits for /healthz and shuts down cleanly.
 
@@ -106,3 +120,4 @@ class AppProcess:
                 self._proc.wait()
         self._proc = None
         self._log.close()
+        _kill_orphaned_engines()
