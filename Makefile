@@ -24,7 +24,7 @@ install: $(BIN)/python
 	@want="$$(sha256sum pyproject.toml | cut -c1-16)"; have="$$(cat $(STAMP) 2>/dev/null)"; \
 	if [ "$$want" != "$$have" ]; then \
 	  echo "[setup] installing token-cached-rag with [$(ENGINE),model,test,bench] (first time: ~3-5 min, ~4 GB)"; \
-	  $(BIN)/python -m pip install --progress-bar off $(PIP_ARGS) -e ".[$(ENGINE),model,test,bench]" \
+	  $(BIN)/python -m pip install --progress-bar off $(PIP_ARGS) -e ".[$(ENGINE),model,test,bench]" 2>&1 \
 	    | grep -E "^(Collecting|Successfully|ERROR)" | sed -u 's/^/[setup]   /'; \
 	  test $${PIPESTATUS[0]} -eq 0 || exit 1; \
 	  echo "[setup] removing torchvision/torchaudio/torchcodec (PyPI builds that break the +cpu torch)"; \

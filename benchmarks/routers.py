@@ -1,0 +1,120 @@
+"""Side-by-side comparison of LLM-pool request routers on the same workload (issue: prefix-affinity routing).
+
+For each router the real app is started (``serve run`` of serve_config.yaml with only the router changed),
+the same seeded Zipf workload over the agents is sent with a few concurrent clients, and the prefix-cache
+hit rate (vLLM cached tokens / prompt tokens) and latency percentiles are recorded. Runs are sequential,
+so each router has the machine to itself; the workload, seed and warm-up are identical.
+
+Usage: ``python -m benchmarks.routers [--requests 120] [--concurrency 4] [--max-tokens 8]``
+(starts and stops the app once per router; ~6-8 minutes per router on 2 cores).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from benchmarks.stats import percentile
+from benchmarks.workloads import AGENT_SPECS, ZipfSampler, build_topics
+from tests.support.app_process import AppProcess, http_json
+
+ROUTERS: dict[str, str | None] = {
+    "prefix_affinity": "deployments.prefix_router:PrefixAffinityRouter",
+    "ray_default": None,  # Ray Serve's default (power of two choices by queue length)
+    "ray_consistent_hash": "ray.serve.experimental.consistent_hash_router:ConsistentHashRouter",
+}
+
+
+def workload(requests: int, seed: int, agents: list[str]) -> list[tuple[str, dict[str, Any]]]:
+    """The same seeded sequence of (path, body) for every router: agents round-robin, topics Zipf."""
+    samplers = {a: ZipfSampler(build_topics(a), seed=seed, stream="routers") for a in agents}
+    out = []
+    for i in range(requests):
+        agent = agents[i % len(agents)]
+        out.append((AGENT_SPECS[agent].path, dict(samplers[agent].one().body)))
+    return out
+
+
+def run_router(name: str, router_class: str | None, requests: list[tuple[str, dict]], warmup: int,
+               concurrency: int, max_tokens: int, port: int, workdir: Path, data_dir: Path) -> dict[str, Any]:
+    overrides = {"llm": {"router": {"request_router_class": router_class}}}
+    app = AppProcess(env={"TCRAG_DATA_DIR": str(data_dir), "REDIS_URL": "none"},
+                     log_path=workdir / f"serve-{name}.log", port=port, overrides=overrides)
+    print(f"[routers] {name}: starting the app ...", file=sys.stderr, flush=True)
+    start_s = app.start()
+    try:
+        def send(item: tuple[str, dict]) -> dict[str, Any]:
+            path, body = item
+            started = time.perf_counter()
+            status, answer = http_json("POST", f"{app.base_url}{path}", {**body, "max_tokens": max_tokens})
+            client_ms = (time.perf_counter() - started) * 1e3
+            if status != 200:
+                return {"ok": False, "status": status}
+            return {"ok": True, "client_ms": client_ms, "ttft_ms": answer["latency_ms"]["ttft"],
+                    "prompt": answer["usage"]["prompt_tokens"], "cached": answer["usage"]["prefix_cached_tokens"]}
+
+        with ThreadPoolExecutor(concurrency) as pool:
+            list(pool.map(send, requests[:warmup]))  # the agents' token caches and some KV fill up
+            print(f"[routers] {name}: measuring {len(requests) - warmup} requests", file=sys.stderr, flush=True)
+            results = list(pool.map(send, requests[warmup:]))
+    finally:
+        app.stop()
+    ok = [r for r in results if r["ok"]]
+    return {
+        "router_class": router_class,
+        "app_start_s": round(start_s, 1),
+        "requests": len(results),
+        "errors": len(results) - len(ok),
+        "prefix_cache_hit_rate": round(sum(r["cached"] for r in ok) / max(1, sum(r["prompt"] for r in ok)), 4),
+        "p50_ms": percentile([r["client_ms"] for r in ok], 50),
+        "p95_ms": percentile([r["client_ms"] for r in ok], 95),
+        "ttft_p50_ms": percentile([r["ttft_ms"] for r in ok], 50),
+        "ttft_p95_ms": percentile([r["ttft_ms"] for r in ok], 95),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=120, help="measured requests per router")
+    parser.add_argument("--warmup", type=int, default=24, help="unmeasured requests sent first")
+    parser.add_argument("--concurrency", type=int, default=4)
+    parser.add_argument("--max-tokens", type=int, default=8)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--port", type=int, default=8300)
+    parser.add_argument("--routers", default=",".join(ROUTERS))
+    parser.add_argument("--agents", default="support,documentation,code-review")
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/routers.json"))
+    args = parser.parse_args(argv)
+    agents = args.agents.split(",")
+    requests = workload(args.warmup + args.requests, args.seed, agents)
+    workdir = Path(tempfile.mkdtemp(prefix="tcrag-routers-"))
+    results: dict[str, Any] = {}
+    for name in args.routers.split(","):
+        results[name] = run_router(name, ROUTERS[name], requests, args.warmup, args.concurrency,
+                                   args.max_tokens, args.port, workdir, workdir / "store")
+        print(f"[routers] {name}: {json.dumps(results[name])}", file=sys.stderr, flush=True)
+    report = {"workload": {"agents": agents, "requests": args.requests, "warmup": args.warmup,
+                           "concurrency": args.concurrency, "max_tokens": args.max_tokens, "seed": args.seed,
+                           "zipf_s": 1.1, "llm_replicas": 2},
+              "routers": results}
+    base = results.get("ray_default", {}).get("p50_ms")
+    ours = results.get("prefix_affinity", {}).get("p50_ms")
+    if base and ours:
+        report["p50_speedup_vs_default"] = round(base / ours, 3)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2))
+    print(f"{'router':<22}{'hit rate':>10}{'p50 ms':>10}{'p95 ms':>10}{'ttft p50':>10}{'errors':>8}")
+    for name, r in results.items():
+        print(f"{name:<22}{r['prefix_cache_hit_rate']:>10.3f}{r['p50_ms'] or 0:>10.0f}{r['p95_ms'] or 0:>10.0f}"
+              f"{r['ttft_p50_ms'] or 0:>10.0f}{r['errors']:>8}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
