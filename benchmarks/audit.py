@@ -88,6 +88,13 @@ def validate(results: Mapping[str, Any]) -> list[Check]:
                         f">= {_pct(TARGETS['latency_reduction_overall'])}",
                         _pct(results.get("latency_reduction_p50")),
                         _ge(results.get("latency_reduction_p50"), TARGETS["latency_reduction_overall"])))
+    split = results.get("full_by_topic_history", {})
+    base_ttft = results.get("modes", {}).get("baseline", {}).get("ttft_p50_ms")
+    for group, label in (("repeat", "topics already sent"), ("first_seen", "first sighting of a topic")):
+        entry = split.get(group)
+        if entry and entry.get("ttft_p50_ms") is not None and base_ttft:
+            checks.append(Check(f"TTFT reduction p50, full mode on {label} ({entry['requests']} requests) vs baseline",
+                                "reported", _pct(1 - entry["ttft_p50_ms"] / base_ttft), None))
     for name, entry in agents.items():
         checks.append(Check(f"Total latency reduction p50, {name}", "reported", _pct(entry.get("latency_reduction_p50")),
                             None))

@@ -39,7 +39,7 @@ def plot_latency(samples: Sequence[Sample], agents: Sequence[str], path: Path, m
             if not data:
                 continue
             box = ax.boxplot(data, positions=positions, widths=width * 0.9, patch_artist=True,
-                             showfliers=True, manage_ticks=False)
+                             showfliers=True, manage_ticks=False, medianprops={"color": "black"})
             for patch in box["boxes"]:
                 patch.set_facecolor(_COLORS.get(mode, "#888888"))
                 patch.set_alpha(0.75)
@@ -47,10 +47,11 @@ def plot_latency(samples: Sequence[Sample], agents: Sequence[str], path: Path, m
         ax.set_ylabel(label)
         ax.set_yscale("log")
         ax.grid(axis="y", alpha=0.3)
-        ax.legend(loc="upper right")
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="upper center", ncol=max(1, len(labels)), bbox_to_anchor=(0.5, 0.965))
     axes[1].set_xticks(range(len(agents)), agents)
-    axes[0].set_title("Latency per agent and mode (agent-side; log scale)")
-    fig.tight_layout()
+    fig.suptitle("Latency per agent and mode (agent-side; log scale)")
+    fig.tight_layout(rect=(0, 0, 1, 0.93))
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
@@ -63,6 +64,9 @@ def plot_cold_start(curves: Mapping[str, Sequence[float]], path: Path) -> Path:
     for agent, curve in curves.items():
         if curve:
             ax.plot(range(1, len(curve) + 1), curve, marker="o", markersize=3, label=agent)
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("requests since invalidation (cold cache, no warm-up)")
     ax.set_ylabel("cumulative token-cache hit rate")
     ax.set_ylim(-0.02, 1.02)

@@ -39,7 +39,7 @@ from typing import Any
 import httpx
 
 from benchmarks.contract import contract_error
-from benchmarks.stats import MODES, Sample, aggregate, hit_rate_curve, memory_report, summarize
+from benchmarks.stats import MODES, Sample, aggregate, hit_rate_curve, memory_report, repeat_split, summarize
 from benchmarks.workloads import AGENT_SPECS, DEFAULT_ZIPF_S, Topic, ZipfSampler, build_topics
 
 __all__ = ["main", "mode_fields", "interleave", "Progress", "machine_info"]
@@ -189,25 +189,26 @@ class AppClient:
             response = self.http.post(AGENT_SPECS[topic.agent].path, json=body)
         except httpx.HTTPError as err:
             return Sample(topic.agent, mode, False, started_s=began - started_at,
-                          error=f"{type(err).__name__}: {err}")
+                          error=f"{type(err).__name__}: {err}", topic=topic.key)
         client_ms = (time.monotonic() - began) * 1e3
         if response.status_code != 200:
             return Sample(topic.agent, mode, False, client_ms=client_ms, started_s=began - started_at,
-                          error=f"HTTP {response.status_code}: {response.text[:200]}")
+                          error=f"HTTP {response.status_code}: {response.text[:200]}", topic=topic.key)
         try:
             answer = response.json()
         except ValueError:
             answer = None
         problem = contract_error(answer, topic.agent)
         if problem:
-            return Sample(topic.agent, mode, False, client_ms=client_ms, started_s=began - started_at, error=problem)
+            return Sample(topic.agent, mode, False, client_ms=client_ms, started_s=began - started_at, error=problem,
+                          topic=topic.key)
         usage, cache, latency = answer["usage"], answer["cache"], answer["latency_ms"]
         return Sample(
             topic.agent, mode, True, ttft_ms=float(latency["ttft"]), total_ms=float(latency["total"]),
             client_ms=round(client_ms, 3), prompt_tokens=int(usage["prompt_tokens"]),
             prefix_cached_tokens=int(usage["prefix_cached_tokens"]),
             completion_tokens=int(usage["completion_tokens"]), cache_hits=int(cache["hits"]),
-            cache_misses=int(cache["misses"]), started_s=round(began - started_at, 3))
+            cache_misses=int(cache["misses"]), started_s=round(began - started_at, 3), topic=topic.key)
 
     def post(self, path: str, body: dict[str, Any]) -> tuple[int, Any, float]:
         began = time.monotonic()
@@ -404,6 +405,7 @@ def main(argv: Sequence[str] | None = None, log: Callable[[str], None] | None = 
             "latency_source": "agent-side latency_ms.ttft and latency_ms.total; client wall time in client_p50_ms",
         },
         **aggregate(samples, args.modes, unavailable),
+        "full_by_topic_history": repeat_split(samples, [t.key for t in interleave(warm_draws)]),
         "memory": memory,
         "cold_start": cold,
         "machine": machine_info(args.note),

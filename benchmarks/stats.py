@@ -22,6 +22,7 @@ __all__ = [
     "aggregate",
     "memory_report",
     "hit_rate_curve",
+    "repeat_split",
 ]
 
 MODES = ("baseline", "token_cache", "full")
@@ -52,6 +53,7 @@ class Sample:
     cache_misses: int = 0
     started_s: float = 0.0  # seconds since the phase started
     error: str = ""
+    topic: str = ""  # the workload topic's key (its eval label), to tell repeats from first sightings
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -194,3 +196,17 @@ def hit_rate_curve(samples: Sequence[Sample]) -> list[float]:
         lookups += s.cache_hits + s.cache_misses
         curve.append(round(_ratio(hits, lookups), 4))
     return curve
+
+
+def repeat_split(samples: Sequence[Sample], seen_before: Iterable[str], mode: str = "full") -> dict[str, Any]:
+    """``mode``'s summary split into requests whose topic was already sent (in ``seen_before``, e.g. the
+    warm-up, or earlier in the run) and first sightings, which no cache can have prepared: it tells a cold
+    tail apart from evictions."""
+    seen = set(seen_before)
+    groups: dict[str, list[Sample]] = {"repeat": [], "first_seen": []}
+    for s in samples:
+        if s.mode != mode:
+            continue
+        groups["repeat" if s.topic in seen else "first_seen"].append(s)
+        seen.add(s.topic)
+    return {name: summarize(group) for name, group in groups.items()}

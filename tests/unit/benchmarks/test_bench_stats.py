@@ -3,7 +3,8 @@
 import pytest
 
 from benchmarks.contract import contract_error
-from benchmarks.stats import MB, Sample, aggregate, hit_rate_curve, memory_report, percentile, reduction, summarize
+from benchmarks.stats import (MB, Sample, aggregate, hit_rate_curve, memory_report, percentile, reduction,
+                              repeat_split, summarize)
 
 
 def test_percentile_interpolates_like_numpy():
@@ -87,3 +88,11 @@ def test_contract_error_names_the_missing_field():
     assert contract_error(bad) == "missing field usage.prefix_cached_tokens"
     assert contract_error({k: v for k, v in good.items() if k != "cache"}) == "missing field cache"
     assert contract_error([]) is not None
+
+
+def test_repeat_split_tells_first_sightings_from_repeats():
+    samples = [Sample("a", "full", True, ttft_ms=3000, topic="x"), Sample("a", "full", True, ttft_ms=400, topic="x"),
+               Sample("a", "full", True, ttft_ms=500, topic="w"), Sample("a", "baseline", True, ttft_ms=9, topic="y")]
+    split = repeat_split(samples, ["w"])
+    assert split["first_seen"]["requests"] == 1 and split["first_seen"]["ttft_p50_ms"] == 3000
+    assert split["repeat"]["requests"] == 2 and split["repeat"]["ttft_p50_ms"] == 450
