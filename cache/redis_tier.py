@@ -82,7 +82,9 @@ class RedisTier:
             max_connections=max_connections,
             socket_timeout=max(timeout_s, 0.01) * 4,
             socket_connect_timeout=max(timeout_s, 0.01) * 4,
-            retry=Retry(NoBackoff(), 0),
+            # One immediate retry: after a Redis restart the pool still holds dead connections, and the
+            # first command on each would fail although the server is back; the retry reconnects.
+            retry=Retry(NoBackoff(), 1),
             decode_responses=False,
         )
         breaker = CircuitBreaker(failure_threshold=failure_threshold, cooldown_s=cooldown_s)

@@ -303,4 +303,5 @@ def build(args: dict[str, Any] | None = None) -> Application:
         llm,
         embedder,
         agents,
+        shards,
     )

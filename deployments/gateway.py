@@ -25,6 +25,7 @@ from ray.serve.handle import DeploymentHandle
 from agents.base import AgentRequest
 from agents.registry import AGENTS
 from cache.tokenizers import HuggingFaceTokenizer
+from deployments.cache_group import ServeShardClient
 from deployments.embedder import make_remote_embed
 from deployments.llm_client import LLMPoolClient
 from llm import EngineDeadError, InvalidRequestError, LLMUnavailableError
@@ -265,8 +266,9 @@ for _agent_cls in AGENTS:
 @serve.ingress(app)
 class Gateway:
     def __init__(self, config: GatewayConfig, llm: DeploymentHandle, embedder: DeploymentHandle,
-                 agents: dict[str, DeploymentHandle]) -> None:
+                 agents: dict[str, DeploymentHandle], shards: list[DeploymentHandle]) -> None:
         self.config = config
+        self._shards = [ServeShardClient(h, timeout_s=5.0) for h in shards]
         tokenizer = HuggingFaceTokenizer(config.model_path)
         self._pool = build_fallback_llm(LLMPoolClient(llm, timeout_s=config.request_timeout_s), config.llm_fallback)
         self._completions = CompletionsService(tokenizer=tokenizer, generate=self._pool.generate,
@@ -367,7 +369,21 @@ class Gateway:
         per_agent: dict[str, Any] = {}
         for entry in replicas:
             per_agent.setdefault(entry["agent"], []).append(entry)
-        return {"agents": {name: _merge_agent_stats(entries) for name, entries in per_agent.items()}}
+        agents = {name: _merge_agent_stats(entries) for name, entries in per_agent.items()}
+        shards: dict[str, Any] = {}
+        for shard in self._shards:  # the shared L1 tier, as each shard itself counts it
+            try:
+                shards[shard.shard_id] = await shard.stats()
+            except Exception as err:  # a restarting shard is reported, not fatal
+                shards[shard.shard_id] = {"error": str(err)}
+        return {
+            "agents": agents,
+            "shards": shards,
+            "bytes": {
+                "agents_l0": sum(a["bytes"] for a in agents.values()),
+                "shards_l1": sum(s.get("size_bytes", 0) for s in shards.values()),
+            },
+        }
 
     @app.post("/v1/cache/warmup", dependencies=[Depends(_require_key)])
     async def cache_warmup(self, body: CollectionBody) -> dict[str, Any]:
