@@ -60,6 +60,8 @@ class RedisTier:
         self._clock = clock
         self._scan_count = scan_count
         self.counters = TierCounters()
+        # Of the errors, those that were only slowness (the call timed out); the rest are failures.
+        self.timeouts = 0
 
     @classmethod
     def from_url(
@@ -122,6 +124,7 @@ class RedisTier:
             values = await self._call(lambda: self._client.mget(keys))
         except (BackendUnavailableError, BackendTimeoutError) as err:
             self.counters.errors += 1
+            self.timeouts += isinstance(err, BackendTimeoutError)
             self.counters.misses += len(keys)
             logger.debug("redis get_many skipped: %s", err)
             return {}
@@ -157,9 +160,10 @@ class RedisTier:
             return await pipe.execute()
 
         try:
-            await self._call(run)
+            await self._call(run, max(self.timeout_s, 1.0))  # a background write: not on any request's path
         except (BackendUnavailableError, BackendTimeoutError) as err:
             self.counters.errors += 1
+            self.timeouts += isinstance(err, BackendTimeoutError)
             logger.debug("redis put_many skipped: %s", err)
             return False
         return True
@@ -197,6 +201,7 @@ class RedisTier:
             # only holds memory until its TTL. Log and go on rather than failing the caller.
             logger.warning("redis invalidate %s/%s failed: %s", collection, doc_id, err)
             self.counters.errors += 1
+            self.timeouts += isinstance(err, BackendTimeoutError)
             return 0
 
     async def invalidate_all(self) -> int:
@@ -206,6 +211,7 @@ class RedisTier:
         except (BackendUnavailableError, BackendTimeoutError) as err:
             logger.warning("redis invalidate_all failed: %s", err)
             self.counters.errors += 1
+            self.timeouts += isinstance(err, BackendTimeoutError)
             return 0
 
     def stats_dict(self) -> dict:
@@ -213,6 +219,7 @@ class RedisTier:
         out["breaker"] = self.breaker.state.value
         out["breaker_opened"] = self.breaker.times_opened
         out["skipped_calls"] = self.breaker.rejected
+        out["timeouts"] = self.timeouts
         return out
 
     async def close(self) -> None:
