@@ -27,11 +27,12 @@ import statistics
 import sys
 import threading
 import time
-import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from tests.support.app_process import http_json
 
 __all__ = ["AGENT_REQUESTS", "MixedLoad", "LoadReport", "sample_replica_rss", "cache_bytes", "flat", "main"]
 
@@ -44,20 +45,6 @@ AGENT_REQUESTS: tuple[tuple[str, dict[str, Any]], ...] = (
     ("/v1/agents/code-review/review", {"code": "def f(x=[]):\n    x.append(1)\n    return x\n", "language": "python"}),
     ("/v1/agents/se-darwin/evolve", {"task": "Make it faster.", "candidate": "def fib(n):\n    return n if n < 2 else fib(n-1) + fib(n-2)\n"}),
 )
-
-
-def _post(url: str, body: dict[str, Any], timeout_s: float) -> tuple[int, dict[str, Any]]:
-    data = json.dumps(body).encode()
-    request = urllib.request.Request(url, data=data, method="POST", headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(request, timeout=timeout_s) as response:
-            return response.status, json.loads(response.read() or b"{}")
-    except urllib.error.HTTPError as err:
-        raw = err.read()
-        try:
-            return err.code, json.loads(raw or b"{}")
-        except ValueError:
-            return err.code, {"raw": raw[:300].decode(errors="replace")}
 
 
 @dataclass
@@ -124,7 +111,7 @@ class MixedLoad:
                 body["query"] = f"{body['query']} (#{n % 7})"
             started = time.monotonic()
             try:
-                status, reply = _post(self.base_url + route, body, self.timeout_s)
+                status, reply = http_json("POST", self.base_url + route, body, timeout_s=self.timeout_s)
                 reason = "" if status == 200 else f"{status} {json.dumps(reply)[:200]}"
             except Exception as err:  # noqa: BLE001 - a transport failure is a lost request
                 reason = f"{type(err).__name__}: {err}"
