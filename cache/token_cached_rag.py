@@ -149,8 +149,7 @@ class TokenCachedRAG:
     async def retrieve_tokens(self, query: str, collection_name: str, top_k: int = 5) -> tuple[list[int], TokenCacheStats]:
         """Context token IDs (canonical order, concatenated) and this agent's cache stats."""
         hits = await self._search(collection_name, query, top_k)
-        ordered = [hits[i] for i in canonical_order([h.chunk.chunk_id for h in hits],
-                                                      [(h.chunk.doc_id, h.chunk.position) for h in hits])]
+        ordered = [hits[i] for i in canonical_order([(h.chunk.doc_id, h.chunk.position) for h in hits])]
         lookup = await self._cache.get_tokens([self._ref(h.chunk) for h in ordered])
         return [t for ids in lookup.token_ids for t in ids], self._cache.token_cache_stats()
 
@@ -189,7 +188,7 @@ class TokenCachedRAG:
                                       cache_salt=uuid.uuid4().hex)
             return _Prepared(request, [_source(h) for h in hits], None,
                              (retrieved - started) * 1e3, (self._clock() - retrieved) * 1e3)
-        order = canonical_order([h.chunk.chunk_id for h in hits], [(h.chunk.doc_id, h.chunk.position) for h in hits])
+        order = canonical_order([(h.chunk.doc_id, h.chunk.position) for h in hits])
         ordered = [hits[i] for i in order]
         lookup = await self._cache.get_tokens([self._ref(h.chunk) for h in ordered])
         user_ids = self._encode(user_message)

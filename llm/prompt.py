@@ -65,7 +65,7 @@ class _Ranked:
     score: float
 
 
-def canonical_order(chunk_ids: Sequence[str], positions: Sequence[tuple[str, int]]) -> list[int]:
+def canonical_order(positions: Sequence[tuple[str, int]]) -> list[int]:
     """Indices of chunks sorted by (document id, position in document).
 
     Why not retrieval order: two queries that retrieve the same chunks usually rank them differently, and
@@ -73,7 +73,6 @@ def canonical_order(chunk_ids: Sequence[str], positions: Sequence[tuple[str, int
     makes the same set give the same prefix; sorting by document and position also keeps a document's
     chunks adjacent and in reading order, and makes sets that share their first documents share a prefix.
     """
-    del chunk_ids  # kept in the signature for readability at call sites; positions carry the key
     return sorted(range(len(positions)), key=lambda i: positions[i])
 
 
