@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import dataclasses
 import json
 import logging
 import time
@@ -200,17 +201,7 @@ class LLMServer:
         self._validate(request)
         request_id = request.request_id or uuid.uuid4().hex
         stop_ids = list(dict.fromkeys([*request.stop_token_ids, *self._eos_token_ids]))
-        engine_request = GenerateRequest(
-            prompt_token_ids=request.prompt_token_ids,
-            max_tokens=request.max_tokens,
-            temperature=request.temperature,
-            top_p=request.top_p,
-            stop_token_ids=stop_ids,
-            cache_salt=request.cache_salt,
-            prefix_len=request.prefix_len,
-            seed=request.seed,
-            request_id=request_id,
-        )
+        engine_request = dataclasses.replace(request, stop_token_ids=stop_ids, request_id=request_id)
         started = self._clock()
         first_token_at: float | None = None
         emitted = 0
