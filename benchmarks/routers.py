@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.stats import percentile
-from benchmarks.workloads import AGENT_SPECS, ZipfSampler, build_topics
+from benchmarks.workloads import AGENT_SPECS, covered_warmup, router_workload
 from tests.support.app_process import AppProcess, http_json
 
 ROUTERS: dict[str, str | None] = {
@@ -29,16 +29,6 @@ ROUTERS: dict[str, str | None] = {
     "ray_default": None,  # Ray Serve's default (power of two choices by queue length)
     "ray_consistent_hash": "ray.serve.experimental.consistent_hash_router:ConsistentHashRouter",
 }
-
-
-def workload(requests: int, seed: int, agents: list[str]) -> list[tuple[str, dict[str, Any]]]:
-    """The same seeded sequence of (path, body) for every router: agents round-robin, topics Zipf."""
-    samplers = {a: ZipfSampler(build_topics(a), seed=seed, stream="routers") for a in agents}
-    out = []
-    for i in range(requests):
-        agent = agents[i % len(agents)]
-        out.append((AGENT_SPECS[agent].path, dict(samplers[agent].one().body)))
-    return out
 
 
 def run_router(name: str, router_class: str | None, requests: list[tuple[str, dict]], warmup: int,
@@ -82,24 +72,28 @@ def run_router(name: str, router_class: str | None, requests: list[tuple[str, di
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=120, help="measured requests per router")
-    parser.add_argument("--warmup", type=int, default=24, help="unmeasured requests sent first")
+    parser.add_argument("--warmup", type=int, default=24,
+                        help="unmeasured Zipf requests sent first (after the covering pass, if any)")
+    parser.add_argument("--warmup-all-topics", action=argparse.BooleanOptionalAction, default=True,
+                        help="start the warm-up with every topic of every agent once (steady state)")
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--max-tokens", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--port", type=int, default=8300)
     parser.add_argument("--routers", default=",".join(ROUTERS))
-    parser.add_argument("--agents", default="support,documentation,code-review")
+    parser.add_argument("--agents", default=",".join(AGENT_SPECS))
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/routers.json"))
     args = parser.parse_args(argv)
     agents = args.agents.split(",")
-    requests = workload(args.warmup + args.requests, args.seed, agents)
+    requests = router_workload(args.warmup + args.requests, args.seed, agents, cover=args.warmup_all_topics)
+    warmup = covered_warmup(agents, args.warmup) if args.warmup_all_topics else args.warmup
     workdir = Path(tempfile.mkdtemp(prefix="tcrag-routers-"))
     results: dict[str, Any] = {}
     for name in args.routers.split(","):
-        results[name] = run_router(name, ROUTERS[name], requests, args.warmup, args.concurrency,
+        results[name] = run_router(name, ROUTERS[name], requests, warmup, args.concurrency,
                                    args.max_tokens, args.port, workdir, workdir / "store")
         print(f"[routers] {name}: {json.dumps(results[name])}", file=sys.stderr, flush=True)
-    report = {"workload": {"agents": agents, "requests": args.requests, "warmup": args.warmup,
+    report = {"workload": {"agents": agents, "requests": args.requests, "warmup": warmup, "warmup_all_topics": args.warmup_all_topics,
                            "concurrency": args.concurrency, "max_tokens": args.max_tokens, "seed": args.seed,
                            "zipf_s": 1.1, "llm_replicas": 2},
               "routers": results}

@@ -7,8 +7,10 @@
 Phases, each with a progress bar on stderr:
 1. cold start (per agent): ``POST /v1/cache/invalidate`` its collection, send the first requests with a
    cold token cache and record the hit rate after each; then time ``POST /v1/cache/warmup``.
-2. warm-up (not measured): Zipf-drawn requests in ``full`` mode, so popular contexts sit in the token
-   cache and in vLLM's prefix cache, as they would after some traffic.
+2. warm-up (not measured), in ``full`` mode: with ``--warmup-all-topics`` (the default) every topic of
+   each agent once, then Zipf-drawn requests, so the caches hold what they would after some traffic:
+   the steady state that "repeated context" means. ``--no-warmup-all-topics`` leaves only the Zipf
+   draws, and first sightings then show up in the measurement (split out in ``full_by_topic_history``).
 3. measurement: Zipf-drawn requests, each sent once per mode, the modes interleaved request by request
    (their order rotating) so that machine drift hits every mode alike:
      baseline     use_cache=false: plain RAG, text prompt tokenized per request, fresh vLLM cache_salt
@@ -40,7 +42,7 @@ import httpx
 
 from benchmarks.contract import contract_error
 from benchmarks.stats import MODES, Sample, aggregate, hit_rate_curve, memory_report, repeat_split, summarize
-from benchmarks.workloads import AGENT_SPECS, DEFAULT_ZIPF_S, Topic, ZipfSampler, build_topics
+from benchmarks.workloads import AGENT_SPECS, DEFAULT_ZIPF_S, Topic, ZipfSampler, build_topics, covering_order
 
 __all__ = ["main", "mode_fields", "interleave", "Progress", "machine_info"]
 
@@ -326,6 +328,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--url", default="http://127.0.0.1:8000", help="the running app")
     p.add_argument("--requests-per-agent", type=int, default=12, help="measured requests per agent and mode")
     p.add_argument("--warmup-per-agent", type=int, default=8, help="unmeasured full-mode requests per agent")
+    p.add_argument("--warmup-all-topics", action=argparse.BooleanOptionalAction, default=True,
+                   help="warm up with every topic once before the Zipf warm-up draws (steady state)")
     p.add_argument("--cold-start-requests", type=int, default=8,
                    help="requests per agent after invalidation (0 skips the cold-start phase)")
     p.add_argument("--max-tokens", type=int, default=16)
@@ -373,6 +377,8 @@ def main(argv: Sequence[str] | None = None, log: Callable[[str], None] | None = 
         cold, cold_samples = cold_start(client, args.agents, cold_draws, args.max_tokens)
 
     warm_draws = draw(args.agents, args.warmup_per_agent, args.seed, "warmup", args.zipf_s, topics)
+    if args.warmup_all_topics:
+        warm_draws = {a: covering_order(topics[a], args.seed) + warm_draws[a] for a in args.agents}
     run_requests("warm-up", [(t, ["full"]) for t in interleave(warm_draws)], client, args.max_tokens,
                  args.concurrency)
 
@@ -397,6 +403,7 @@ def main(argv: Sequence[str] | None = None, log: Callable[[str], None] | None = 
             "distinct_topics_measured": {a: len({t.key for t in measure if t.agent == a}) for a in args.agents},
             "requests_per_agent_per_mode": args.requests_per_agent,
             "warmup_requests_per_agent": args.warmup_per_agent,
+            "warmup_all_topics": args.warmup_all_topics,
             "cold_start_requests_per_agent": args.cold_start_requests,
             "zipf_s": args.zipf_s,
             "seed": args.seed,

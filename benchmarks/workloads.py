@@ -24,6 +24,9 @@ __all__ = [
     "Topic",
     "ZipfSampler",
     "build_topics",
+    "covering_order",
+    "covered_warmup",
+    "router_workload",
     "load_eval_queries",
     "zipf_weights",
     "DEFAULT_DATA_DIR",
@@ -221,3 +224,36 @@ class ZipfSampler:
 
     def one(self) -> Any:
         return self.sample(1)[0]
+
+
+def covering_order(topics: Sequence[Topic], seed: int = 0) -> list[Topic]:
+    """Every topic once, in a seeded shuffled order: a warm-up that leaves no context first-seen, so the
+    measurement that follows sees the steady state of repeated traffic rather than a cold tail."""
+    ordered = list(topics)
+    random.Random(f"cover-{seed}").shuffle(ordered)
+    return ordered
+
+
+def router_workload(
+    requests: int, seed: int, agents: list[str], cover: bool = False
+) -> list[tuple[str, dict[str, Any]]]:
+    """The same seeded sequence of (path, body) for every router: agents round-robin, topics Zipf.
+
+    With ``cover`` the sequence starts with every topic of every agent once (agents interleaved), so a
+    warm-up of that length leaves the pool in the steady state of repeated traffic."""
+    topics = {a: build_topics(a) for a in agents}
+    out: list[tuple[str, dict[str, Any]]] = []
+    if cover:
+        orders = {a: covering_order(topics[a], seed) for a in agents}
+        for i in range(max(len(o) for o in orders.values())):
+            out.extend((AGENT_SPECS[a].path, dict(o[i].body)) for a, o in orders.items() if i < len(o))
+    samplers = {a: ZipfSampler(topics[a], seed=seed, stream="routers") for a in agents}
+    for i in range(requests):
+        agent = agents[i % len(agents)]
+        out.append((AGENT_SPECS[agent].path, dict(samplers[agent].one().body)))
+    return out
+
+
+def covered_warmup(agents: list[str], extra: int) -> int:
+    """Length of a warm-up that covers every topic once and then sends ``extra`` Zipf draws."""
+    return sum(len(build_topics(a)) for a in agents) + extra

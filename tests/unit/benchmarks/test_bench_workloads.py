@@ -6,7 +6,15 @@ import pytest
 
 from agents.registry import agent_by_name
 from benchmarks.run import draw, interleave, mode_fields, rotated
-from benchmarks.workloads import AGENT_SPECS, ZipfSampler, build_topics, zipf_weights
+from benchmarks.workloads import (
+    AGENT_SPECS,
+    ZipfSampler,
+    build_topics,
+    covered_warmup,
+    covering_order,
+    router_workload,
+    zipf_weights,
+)
 
 
 @pytest.mark.parametrize("agent", list(AGENT_SPECS))
@@ -68,3 +76,22 @@ def test_interleave_round_robins_agents_and_rotation_balances_mode_order():
     assert order == ["support", "qa"] * 3
     firsts = Counter(rotated(["baseline", "token_cache", "full"], i)[0] for i in range(9))
     assert set(firsts.values()) == {3}
+
+
+def test_covering_order_is_every_topic_once_and_seeded():
+    topics = build_topics("support")
+    first, again, other = covering_order(topics, 0), covering_order(topics, 0), covering_order(topics, 1)
+    assert sorted(t.key for t in first) == sorted(t.key for t in topics)
+    assert [t.key for t in first] == [t.key for t in again]
+    assert [t.key for t in first] != [t.key for t in other]
+
+
+def test_router_workload_covers_every_topic_within_its_warmup():
+    agents = ["support", "qa"]
+    requests = router_workload(10, 0, agents, cover=True)
+    warmup = covered_warmup(agents, 0)
+    assert len(requests) == warmup + 10
+    covered = {(path, str(sorted(body.items()))) for path, body in requests[:warmup]}
+    expected = {(AGENT_SPECS[a].path, str(sorted(t.body.items()))) for a in agents for t in build_topics(a)}
+    assert covered == expected
+    assert router_workload(10, 0, agents) == requests[warmup:]
