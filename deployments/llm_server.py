@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 
 from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
+from ray.util import metrics
 
 from llm import EngineConfig, GenerateRequest, GenerateResult, LLMServer, StreamDelta, VLLMEngine, read_eos_token_ids
 
@@ -43,6 +44,44 @@ def _bind_threads(local_rank: int) -> None:
     logger.info("LLM replica rank %d bound to core %d", local_rank, core)
 
 
+class ReplicaMetrics:
+    """Per-replica Prometheus metrics (through Ray's metrics API): what the prefix router achieves shows
+    up as cached tokens per replica, and its balance as requests and in-flight counts per replica."""
+
+    def __init__(self, replica_id: str) -> None:
+        tags = {"replica": replica_id}
+        self._requests = metrics.Counter(
+            "tcrag_llm_requests", description="Generate requests finished by this LLM replica.",
+            tag_keys=("replica",),
+        ).set_default_tags(tags)
+        self._prompt_tokens = metrics.Counter(
+            "tcrag_llm_prompt_tokens", description="Prompt tokens of finished requests.", tag_keys=("replica",),
+        ).set_default_tags(tags)
+        self._cached_tokens = metrics.Counter(
+            "tcrag_llm_prefix_cached_tokens",
+            description="Prompt tokens served from vLLM's prefix cache (prefill skipped).",
+            tag_keys=("replica",),
+        ).set_default_tags(tags)
+        self._in_flight = metrics.Gauge(
+            "tcrag_llm_requests_in_flight", description="Requests being served by this replica (its queue).",
+            tag_keys=("replica",),
+        ).set_default_tags(tags)
+        self.in_flight = 0
+
+    def started(self) -> None:
+        self.in_flight += 1
+        self._in_flight.set(self.in_flight)
+
+    def finished(self, result: GenerateResult | None) -> None:
+        self.in_flight -= 1
+        self._in_flight.set(self.in_flight)
+        if result is not None:
+            self._requests.inc()
+            self._prompt_tokens.inc(result.prompt_tokens)
+            if result.num_cached_tokens:
+                self._cached_tokens.inc(result.num_cached_tokens)
+
+
 @serve.deployment(name="llm", health_check_period_s=10, health_check_timeout_s=30)
 class LLMReplica:
     def __init__(self, config: LLMReplicaConfig) -> None:
@@ -56,13 +95,27 @@ class LLMReplica:
             eos_token_ids=read_eos_token_ids(engine_config.model),
             replica_id=context.replica_id.unique_id,
         )
+        self._metrics = ReplicaMetrics(context.replica_id.unique_id)
 
     async def generate(self, request: GenerateRequest) -> GenerateResult:
-        return await self._server.generate(request)
+        self._metrics.started()
+        result = None
+        try:
+            result = await self._server.generate(request)
+            return result
+        finally:
+            self._metrics.finished(result)
 
     async def generate_stream(self, request: GenerateRequest) -> AsyncIterator[StreamDelta]:
-        async for delta in self._server.generate_stream(request):
-            yield delta
+        self._metrics.started()
+        result = None
+        try:
+            async for delta in self._server.generate_stream(request):
+                if delta.result is not None:
+                    result = delta.result
+                yield delta
+        finally:
+            self._metrics.finished(result)
 
     async def check_health(self) -> None:
         await self._server.check_health()
