@@ -27,7 +27,7 @@ from agents.registry import AGENTS
 from cache.tokenizers import HuggingFaceTokenizer
 from deployments.cache_group import ServeShardClient
 from deployments.embedder import make_remote_embed
-from deployments.llm_client import LLMPoolClient
+from deployments.llm_client import LLMPoolClient, await_response
 from llm import EngineDeadError, InvalidRequestError, LLMUnavailableError
 from llm.completions import CompletionRequest, CompletionsService
 from llm.fallback import FallbackConfig, build_fallback_llm
@@ -238,10 +238,6 @@ async def _guarded_stream(stream):
         yield f"data: {json.dumps({'error': {'type': 'unavailable', 'message': str(err)}})}\n\n"
 
 
-async def _await(response):  # DeploymentResponse is awaitable but not a coroutine; wait_for needs one
-    return await response
-
-
 def _make_agent_route(agent_cls: type) -> Any:
     async def route(self, body):  # `self` is injected by Serve's class-based view
         return await self._call_agent(agent_cls.name, body)
@@ -312,7 +308,7 @@ class Gateway:
             return StreamingResponse(_guarded_stream(stream), media_type="text/event-stream")
         response = handle.answer.remote(body)
         try:
-            return await asyncio.wait_for(_await(response), timeout=self.config.request_timeout_s + 5)
+            return await asyncio.wait_for(await_response(response), timeout=self.config.request_timeout_s + 5)
         except TimeoutError as err:
             response.cancel()
             raise LLMUnavailableError(f"agent {name} did not answer within {self.config.request_timeout_s:.0f} s") from err

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator
+from typing import Any
 
 from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError, RayTaskError
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, ReplicaUnavailableError
@@ -16,7 +17,7 @@ from ray.serve.handle import DeploymentHandle
 
 from llm import EngineDeadError, GenerateRequest, GenerateResult, InvalidRequestError, LLMUnavailableError, StreamDelta
 
-__all__ = ["LLMPoolClient"]
+__all__ = ["LLMPoolClient", "await_response"]
 
 logger = logging.getLogger(__name__)
 
@@ -37,7 +38,7 @@ class LLMPoolClient:
             response = self._handle.generate.remote(request)
             try:
                 try:
-                    return await asyncio.wait_for(_await(response), timeout=self._timeout_s)
+                    return await asyncio.wait_for(await_response(response), timeout=self._timeout_s)
                 except RayTaskError as err:
                     # The replica raised: hand on its own error (e.g. InvalidRequestError with its field).
                     raise _unwrap(err) from err
@@ -77,5 +78,6 @@ def _unwrap(err: RayTaskError) -> BaseException:
     return err
 
 
-async def _await(response):  # DeploymentResponse is awaitable but not a coroutine; wait_for needs one
+async def await_response(response: Any) -> Any:
+    """A ``DeploymentResponse`` is awaitable but not a coroutine, and ``asyncio.wait_for`` needs one."""
     return await response
