@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -26,9 +27,9 @@ from dataclasses import dataclass, field
 from pydantic import BaseModel, ConfigDict, Field
 
 from cache.breaker import BreakerState, CircuitBreaker
-from cache.codec import HEADER_SIZE, decode_tokens, encode_tokens
+from cache.codec import compact_ids, decode_tokens, encode_tokens
 from cache.exceptions import CorruptEntryError
-from cache.keys import ChunkKey, ChunkRef
+from cache.keys import ChunkRef, hash_content, storage_key
 from cache.redis_tier import RedisTier
 from cache.shard import CacheShard, ShardClient
 from cache.singleflight import SingleFlight
@@ -130,7 +131,8 @@ class TokenCache:
         if len(self._shards) != len(shards):
             raise ValueError("shard ids must be unique")
         self._ring = ConsistentHashRing(self._shards, vnodes=config.hash_ring_vnodes)
-        self._l0 = CacheShard(int(config.max_cache_size_mb * _MB), ttl_s=config.l0_ttl_s)
+        # L0 values are array.array (see codec.compact_ids), charged at their real size.
+        self._l0 = CacheShard(int(config.max_cache_size_mb * _MB), ttl_s=config.l0_ttl_s, value_size=sys.getsizeof)
         self._flight: SingleFlight[tuple[list[int], str]] = SingleFlight()
         self._writes: set[asyncio.Task] = set()
         self._fills: set[asyncio.Task] = set()
@@ -156,22 +158,19 @@ class TokenCache:
     async def get_tokens(self, chunks: Sequence[ChunkRef]) -> TokenLookup:
         """Token IDs of each chunk, in order, from the fastest tier that has them."""
         t0 = self._clock()
-        keys = [ChunkKey.for_chunk(c, self.fingerprint).storage_key for c in chunks]
+        fp = self.fingerprint
+        keys = [storage_key(c.collection, fp, hash_content(c.text)) for c in chunks]
         owners = {k: (c.collection, c.doc_id) for k, c in zip(keys, chunks)}
         texts = {k: c.text for k, c in zip(keys, chunks)}
         found: dict[str, tuple[list[int], str]] = {}
 
-        # L0: synchronous, no await until the claim below, so "miss in L0 then claim" is atomic.
+        # L0: synchronous, no await until the claim below, so "miss in L0 then claim" is atomic. L0 holds
+        # compact arrays in this process's memory (no wire, no checksum); a hit is one C loop to a fresh list.
         l0_t0 = self._clock()
         for key in dict.fromkeys(keys):
-            raw = self._l0.get(key)
-            if raw is None:
-                continue
-            try:
-                found[key] = (decode_tokens(raw), L0)
-            except CorruptEntryError:
-                self._l0_counters.corruptions += 1
-                self._l0.lru.delete(key)
+            ids = self._l0.get(key)
+            if ids is not None:
+                found[key] = (ids.tolist(), L0)
         self._l0_counters.latency.add((self._clock() - l0_t0) * 1000)
 
         missing = [k for k in dict.fromkeys(keys) if k not in found]
@@ -199,7 +198,7 @@ class TokenCache:
         for key in keys:
             ids, tier = found[key]
             # Callers own their lists (prompt assembly may extend them): copy any list that another
-            # caller or another position of this request also holds. L0 decodes a fresh list anyway.
+            # caller or another position of this request also holds. An L0 hit is a fresh list anyway.
             token_ids.append(list(ids) if key in shared or key in handed_out else ids)
             handed_out.add(key)
             by_tier[tier] = by_tier.get(tier, 0) + 1
@@ -280,12 +279,12 @@ class TokenCache:
                 self._tokenize.misses += len(part)
                 for key, ids in zip(part, ids_list):
                     result[key] = (list(ids), TOKENIZED)
-                    raw_ok[key] = encode_tokens(ids)
+                    if key in shard_need or key in redis_need:  # packed only if it is written through
+                        raw_ok[key] = encode_tokens(ids)
                     self._tokens_tokenized += len(ids)
 
         # Write back: L0 now (so later requests hit before single-flight is released), lower tiers later.
-        l0_items = {k: raw_ok[k] for k in owned}
-        self._l0.put_many(l0_items, owners)
+        self._l0.put_many({k: compact_ids(result[k][0]) for k in owned}, owners)
         shard_fill = {k: raw_ok[k] for k in shard_need}
         redis_fill = {k: raw_ok[k] for k in redis_need}
         if shard_fill or redis_fill:
@@ -455,10 +454,7 @@ class TokenCache:
     def token_cache_stats(self) -> TokenCacheStats:
         """The original plan's summary; ``hit_rate`` in percent, sizes of this replica's L0."""
         looked = self._hits + self._misses
-        total_tokens = 0
-        for raw in self._l0.lru.values():
-            if len(raw) >= HEADER_SIZE:
-                total_tokens += (len(raw) - HEADER_SIZE) // raw[3]  # byte 3 = id width
+        total_tokens = sum(len(ids) for ids in self._l0.lru.values())
         return TokenCacheStats(
             cache_hits=self._hits,
             cache_misses=self._misses,

@@ -15,19 +15,24 @@ Why this shape: most served vocabularies (SmolLM2: 49,152) fit uint16, halving m
 against uint32; the width is chosen per entry, so a 100k-vocab tokenizer still round-trips. numpy packs
 and unpacks a few thousand IDs in microseconds, far below tokenization cost. Truncation, extension, a bad
 magic or version, and any payload corruption raise ``CorruptEntryError``; the caller treats it as a miss.
+
+``compact_ids`` is the in-process form used by the L0 tier: an ``array.array`` of the same width, no
+header and no checksum (it never crosses a wire or leaves process memory), turned back into a fresh
+list with ``.tolist()`` (one C loop) on every hit.
 """
 
 from __future__ import annotations
 
 import struct
 import zlib
+from array import array
 from collections.abc import Sequence
 
 import numpy as np
 
 from cache.exceptions import CorruptEntryError
 
-__all__ = ["encode_tokens", "decode_tokens", "HEADER_SIZE", "MAGIC", "VERSION"]
+__all__ = ["encode_tokens", "decode_tokens", "compact_ids", "HEADER_SIZE", "MAGIC", "VERSION"]
 
 MAGIC = b"TK"
 VERSION = 1
@@ -35,6 +40,10 @@ _PREFIX = struct.Struct("<2sBBI")  # magic, version, width, count (bytes 0..7)
 _CRC = struct.Struct("<I")
 HEADER_SIZE = _PREFIX.size + _CRC.size  # 12
 _DTYPES = {2: np.dtype("<u2"), 4: np.dtype("<u4")}
+# array typecodes per width: "H" is 2 bytes everywhere; "I" is 4 on every platform CPython supports
+# for this project, "L" is the fallback where it is not.
+_ARRAY_2 = "H"
+_ARRAY_4 = "I" if array("I").itemsize == 4 else "L"
 
 
 def encode_tokens(ids: Sequence[int]) -> bytes:
@@ -67,3 +76,11 @@ def decode_tokens(data: bytes) -> list[int]:
     if zlib.crc32(view[HEADER_SIZE:], zlib.crc32(view[: _PREFIX.size])) != crc:
         raise CorruptEntryError("checksum mismatch")
     return np.frombuffer(data, dtype=_DTYPES[width], offset=HEADER_SIZE, count=count).tolist()
+
+
+def compact_ids(ids: Sequence[int]) -> array:
+    """Token IDs as an ``array.array`` of the narrowest width (uint16 when every ID < 65536, else
+    uint32); ``sys.getsizeof`` of the result is its real size. IDs must be in 0..2**32-1."""
+    if not ids:
+        return array(_ARRAY_2)
+    return array(_ARRAY_2 if max(ids) < 1 << 16 else _ARRAY_4, ids)

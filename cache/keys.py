@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
-__all__ = ["hash_content", "ChunkRef", "ChunkKey", "KEY_PREFIX"]
+__all__ = ["hash_content", "storage_key", "ChunkRef", "ChunkKey", "KEY_PREFIX"]
 
 KEY_PREFIX = "tcrag:tok"
 
@@ -18,6 +18,13 @@ KEY_PREFIX = "tcrag:tok"
 def hash_content(text: str) -> str:
     """sha256 hex of the UTF-8 text: the content address of a chunk."""
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def storage_key(collection: str, fingerprint: str, content_hash: str) -> str:
+    """``tcrag:tok:{collection}:{fingerprint[:16]}:{content_hash}``; the prefix allows SCAN by collection.
+
+    A plain function so the per-request hot path builds keys without a ``ChunkKey`` per chunk."""
+    return f"{KEY_PREFIX}:{collection}:{fingerprint[:16]}:{content_hash}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,8 +47,8 @@ class ChunkKey:
 
     @property
     def storage_key(self) -> str:
-        """``tcrag:tok:{collection}:{fingerprint[:16]}:{content_hash}``; the prefix allows SCAN by collection."""
-        return f"{KEY_PREFIX}:{self.collection}:{self.tokenizer_fingerprint[:16]}:{self.content_hash}"
+        """See ``storage_key``."""
+        return storage_key(self.collection, self.tokenizer_fingerprint, self.content_hash)
 
     @classmethod
     def for_chunk(cls, chunk: ChunkRef, fingerprint: str) -> ChunkKey:

@@ -1,8 +1,10 @@
 """A byte-bounded LRU with optional TTL: the storage of the L0 tier and of each shard.
 
 An ``OrderedDict`` keeps recency: ``move_to_end`` on every hit, ``popitem(last=False)`` evicts the least
-recently used entry. The bound is on bytes (sum of ``len(value)`` plus the key), not on entry count,
-because chunk token lists vary widely in size and the budget (``max_cache_size_mb``) is in bytes. TTL is
+recently used entry. The bound is on bytes (each value's size plus the key), not on entry count,
+because chunk token lists vary widely in size and the budget (``max_cache_size_mb``) is in bytes. A
+value's size is ``len(value)`` for the packed ``bytes`` a shard holds; the L0 tier stores ``array.array``
+values and passes ``value_size=sys.getsizeof`` so the real allocation (header included) is charged. TTL is
 checked lazily on read (an expired entry is dropped and reported as a miss); expired entries that are
 never read again are evicted by the byte bound like any other cold entry. The clock is injectable so
 tests drive expiry without sleeping. Not thread-safe: each instance is owned by one event loop.
@@ -14,6 +16,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 __all__ = ["ByteBoundedLRU", "DEFAULT_ENTRY_OVERHEAD_BYTES"]
 
@@ -25,13 +28,14 @@ DEFAULT_ENTRY_OVERHEAD_BYTES = 256
 
 @dataclass(slots=True)
 class _Entry:
-    value: bytes
+    value: Any
     size_bytes: int
     expires_at: float | None
 
 
 class ByteBoundedLRU:
-    """LRU of ``str -> bytes`` bounded by ``max_bytes``; entries larger than the budget are not stored."""
+    """LRU of ``str -> bytes`` (or another sized value) bounded by ``max_bytes``; entries larger than the
+    budget are not stored."""
 
     def __init__(
         self,
@@ -40,6 +44,7 @@ class ByteBoundedLRU:
         clock: Callable[[], float] = time.monotonic,
         on_remove: Callable[[str], None] | None = None,
         entry_overhead_bytes: int = DEFAULT_ENTRY_OVERHEAD_BYTES,
+        value_size: Callable[[Any], int] = len,
     ) -> None:
         if max_bytes <= 0:
             raise ValueError("max_bytes must be > 0")
@@ -47,6 +52,7 @@ class ByteBoundedLRU:
             raise ValueError("ttl_s must be > 0 or None")
         self.max_bytes = max_bytes
         self.entry_overhead_bytes = entry_overhead_bytes
+        self._value_size = value_size
         self.ttl_s = ttl_s
         self._clock = clock
         # Called with the key whenever an entry leaves by eviction or expiry, so an owner (the shard)
@@ -57,9 +63,9 @@ class ByteBoundedLRU:
         self.evictions = 0
         self.expirations = 0
 
-    def entry_size(self, key: str, value: bytes) -> int:
+    def entry_size(self, key: str, value: Any) -> int:
         """Bytes charged for one entry against ``max_bytes``."""
-        return len(value) + len(key) + self.entry_overhead_bytes
+        return self._value_size(value) + len(key) + self.entry_overhead_bytes
 
     @property
     def size_bytes(self) -> int:
@@ -78,11 +84,11 @@ class ByteBoundedLRU:
     def keys(self) -> Iterator[str]:
         return iter(list(self._data))
 
-    def values(self) -> list[bytes]:
+    def values(self) -> list[Any]:
         """Current values (expired ones included until read), without touching recency."""
         return [entry.value for entry in self._data.values()]
 
-    def get(self, key: str, touch: bool = True) -> bytes | None:
+    def get(self, key: str, touch: bool = True) -> Any | None:
         """The value, or None when absent or expired. A hit becomes most recently used."""
         entry = self._data.get(key)
         if entry is None:
@@ -97,7 +103,7 @@ class ByteBoundedLRU:
             self._data.move_to_end(key)
         return entry.value
 
-    def put(self, key: str, value: bytes, ttl_s: float | None = None) -> bool:
+    def put(self, key: str, value: Any, ttl_s: float | None = None) -> bool:
         """Store (or replace) ``key``; evicts LRU entries to fit. Returns False if it can never fit."""
         size = self.entry_size(key, value)
         if size > self.max_bytes:

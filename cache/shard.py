@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from cache.lru import DEFAULT_ENTRY_OVERHEAD_BYTES, ByteBoundedLRU
 
@@ -25,7 +26,8 @@ class CacheShard:
     """Bytes-bounded LRU with TTL and an invalidation index by collection and by document.
 
     A content-addressed key can belong to several documents (identical chunk text); it is indexed under
-    each owner, and invalidating any owner drops it (harmless: it is rebuilt on the next miss).
+    each owner, and invalidating any owner drops it (harmless: it is rebuilt on the next miss). Values
+    are packed ``bytes`` in a shard; the L0 tier stores ``array.array`` IDs with ``value_size=sys.getsizeof``.
     """
 
     def __init__(
@@ -33,6 +35,7 @@ class CacheShard:
         max_bytes: int,
         ttl_s: float | None = None,
         clock: Callable[[], float] = time.monotonic,
+        value_size: Callable[[Any], int] = len,
     ) -> None:
         self._lru = ByteBoundedLRU(
             max_bytes,
@@ -40,6 +43,7 @@ class CacheShard:
             clock=clock,
             on_remove=self._unindex,
             entry_overhead_bytes=DEFAULT_ENTRY_OVERHEAD_BYTES + INDEX_OVERHEAD_BYTES,
+            value_size=value_size,
         )
         # key -> owners as a small tuple (almost always one owner; a set would cost 4x the memory).
         self._owners: dict[str, tuple[tuple[str, str], ...]] = {}

@@ -239,3 +239,24 @@ async def test_callers_own_their_lists():
     a.token_ids[0].append(-1)
     assert a.token_ids[1] == expected and b.token_ids[0] == expected
     assert (await cache.get_tokens(c)).token_ids[0] == expected
+
+
+async def test_l0_holds_compact_arrays_charged_at_real_size_and_hands_out_fresh_lists():
+    import sys
+    from array import array
+
+    tok = FakeTokenizer(id_offset=70_000)  # wide vocab: IDs need 4 bytes
+    cache = TokenCache(tok, [], None, TokenCacheConfig())
+    cs = chunks(3)
+    first = await cache.get_tokens(cs)
+    lru = cache._l0.lru
+    held = list(lru.values())
+    assert all(isinstance(v, array) and v.itemsize == 4 for v in held)
+    assert lru.size_bytes == sum(lru.entry_size(k, lru.get(k, touch=False)) for k in lru.keys())
+    assert lru.entry_size("k", held[0]) == sys.getsizeof(held[0]) + 1 + lru.entry_overhead_bytes
+    hit = await cache.get_tokens(cs + cs[:1])
+    assert hit.hits_by_tier == {"l0": 4} and hit.token_ids == first.token_ids + first.token_ids[:1]
+    hit.token_ids[0].append(-1)  # callers own their lists: the cached IDs are untouched
+    assert hit.token_ids[3] == first.token_ids[0] != hit.token_ids[0]
+    assert (await cache.get_tokens(cs[:1])).token_ids[0] == tok.encode(cs[0].text)
+    assert cache.token_cache_stats().total_tokens_cached == sum(len(t) for t in first.token_ids)

@@ -1,6 +1,8 @@
 import pytest
 
-from cache.codec import HEADER_SIZE, decode_tokens, encode_tokens
+import sys
+
+from cache.codec import HEADER_SIZE, compact_ids, decode_tokens, encode_tokens
 from cache.exceptions import CorruptEntryError
 
 
@@ -42,3 +44,13 @@ def test_truncated_or_extended_is_detected(cut):
 def test_foreign_json_value_is_corrupt():
     with pytest.raises(CorruptEntryError):
         decode_tokens(b'{"token_ids": [1, 2, 3]}')
+
+
+@pytest.mark.parametrize(
+    "ids, width", [([], 2), ([0, 1, 65535], 2), ([0, 65536, 2**32 - 1], 4), (list(range(5000)), 2)]
+)
+def test_compact_ids_round_trip_width_and_real_size(ids, width):
+    arr = compact_ids(ids)
+    assert arr.itemsize == width and arr.tolist() == ids
+    assert sys.getsizeof(arr) >= width * len(ids)  # what the L0 charges: header and buffer
+    assert sys.getsizeof(arr) <= width * len(ids) + 128

@@ -79,3 +79,13 @@ def test_invalid_args():
         ByteBoundedLRU(0)
     with pytest.raises(ValueError):
         ByteBoundedLRU(10, ttl_s=0)
+
+
+def test_value_size_is_pluggable():
+    import sys
+    from array import array
+
+    lru = ByteBoundedLRU(10_000, value_size=sys.getsizeof, entry_overhead_bytes=0)
+    arr = array("H", range(100))
+    assert lru.put("k", arr)
+    assert lru.size_bytes == sys.getsizeof(arr) + 1 and lru.get("k") is arr
