@@ -2,15 +2,18 @@
 
 Lookup order for a request's chunks (all keys of a tier in one batched call):
 
-    L0   in-process CacheShard (per agent replica, ``max_cache_size_mb``)
-    L1   the shard that owns the key on the consistent-hash ring (one call per shard touched, concurrent)
+    L0   in-process CacheShard of compact arrays (per agent replica, ``max_cache_size_mb``)
+    L1   the shard that owns the key on the consistent-hash ring (one call per shard touched, concurrent);
+         the call also claims the keys it misses (``get_or_claim``)
     L2   Redis, one MGET for everything still missing
     miss tokenize all remaining texts in ONE batch in a worker thread
 
 Then results are written back: into L0 before answering, and to the shards and Redis by a background
 task (bounded: at most ``max_pending_writes`` tasks, each under a timeout), so the answer never waits for
 a write. Below L0 every key goes through single-flight, so concurrent requests missing the same chunk
-share one lookup and one tokenization. A failing or slow tier counts as errors/misses for that tier and
+share one lookup and one tokenization: per process (``SingleFlight``) and per shard (a missed key is
+claimed on its shard for ``shard_claim_lease_s``; other replicas' lookups of it wait there, at most
+``shard_claim_wait_s``, until the owner's write-through puts it). A failing or slow tier counts as errors/misses for that tier and
 the lookup falls through; a value failing its checksum is counted as a corruption, treated as a miss and
 rewritten. Only a failure of the tokenizer itself reaches the caller.
 """
@@ -24,14 +27,14 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from cache.breaker import BreakerState, CircuitBreaker
 from cache.codec import compact_ids, decode_tokens, encode_tokens
 from cache.exceptions import CorruptEntryError
 from cache.keys import ChunkRef, hash_content, storage_key
 from cache.redis_tier import RedisTier
-from cache.shard import CacheShard, ShardClient
+from cache.shard import CacheShard, ClaimReply, ShardClient
 from cache.singleflight import SingleFlight
 from cache.stats import LatencyReservoir, TierCounters, TokenCacheStats
 from cache.tokenizers import TokenizerBackend
@@ -79,6 +82,31 @@ class TokenCacheConfig(BaseModel):
         1.0, gt=0, description="Seconds a shard's open breaker waits before one probe call is let through."
     )
     hash_ring_vnodes: int = Field(128, ge=1, description="Virtual nodes per shard on the consistent-hash ring.")
+    shard_claim_lease_s: float = Field(
+        0.5,
+        gt=0,
+        description="Seconds a key this replica claimed on its shard (it is computing it) makes other replicas "
+        "wait for it; a claim whose owner dies or never writes back lapses after this.",
+    )
+    shard_claim_wait_s: float | None = Field(
+        None,
+        ge=0,
+        description="Longest a shard lookup waits for keys another replica is computing before computing them "
+        "itself; must be below shard_timeout_s. None: min(0.1, shard_timeout_s / 2).",
+    )
+
+    @model_validator(mode="after")
+    def _claim_wait_under_shard_timeout(self) -> TokenCacheConfig:
+        if self.shard_claim_wait_s is not None and self.shard_claim_wait_s >= self.shard_timeout_s:
+            raise ValueError("shard_claim_wait_s must be below shard_timeout_s (the wait happens inside a shard call)")
+        return self
+
+    @property
+    def claim_wait_s(self) -> float:
+        """The shard claim wait in effect (see ``shard_claim_wait_s``)."""
+        if self.shard_claim_wait_s is not None:
+            return self.shard_claim_wait_s
+        return min(0.1, self.shard_timeout_s / 2)
 
 
 def redis_tier_from_config(config: TokenCacheConfig) -> RedisTier | None:
@@ -139,6 +167,8 @@ class TokenCache:
         # Counters (client's view of each tier).
         self._l0_counters = TierCounters()
         self._shard_counters = {sid: TierCounters() for sid in self._shards}
+        self._shard_claims = dict.fromkeys(self._shards, 0)  # keys this client claimed (and computed)
+        self._shard_claim_timeouts = dict.fromkeys(self._shards, 0)  # keys whose wait for a claim ran out
         # One breaker per shard: a dead shard costs one timeout per cooldown, not one per request.
         self._shard_breakers = {
             sid: CircuitBreaker(config.shard_failure_threshold, config.shard_cooldown_s) for sid in self._shards
@@ -225,8 +255,10 @@ class TokenCache:
         shard_fill: dict[str, bytes] = {}  # keys whose owning shard lacked (or had a corrupt) value
         redis_fill: dict[str, bytes] = {}
 
-        # L1: one concurrent call per owning shard.
+        # L1: one concurrent call per owning shard. Missing keys are claimed on their shard (single-flight
+        # across processes): a key another replica is computing waits there, bounded, until it is written.
         remaining = list(owned)
+        claimed: set[str] = set()
         if self._shards and remaining:
             groups: dict[str, list[str]] = {}
             for key in remaining:
@@ -234,8 +266,11 @@ class TokenCache:
             replies = await asyncio.gather(*(self._shard_get(sid, ks) for sid, ks in groups.items()))
             for (sid, ks), reply in zip(groups.items(), replies):
                 counters = self._shard_counters[sid]
+                claimed.update(reply.claimed)
+                self._shard_claims[sid] += len(reply.claimed)
+                self._shard_claim_timeouts[sid] += len(reply.waiting)
                 for key in ks:
-                    raw = reply.get(key)
+                    raw = reply.found.get(key)
                     if raw is not None:
                         try:
                             result[key] = (decode_tokens(raw), SHARD)
@@ -288,26 +323,28 @@ class TokenCache:
         shard_fill = {k: raw_ok[k] for k in shard_need}
         redis_fill = {k: raw_ok[k] for k in redis_need}
         if shard_fill or redis_fill:
-            self._schedule_write(shard_fill, redis_fill, {k: owners[k] for k in owned})
+            self._schedule_write(shard_fill, redis_fill, {k: owners[k] for k in owned}, claimed)
         for key in owned:
             self._flight.resolve(key, result[key])
 
-    async def _shard_get(self, shard_id: str, keys: list[str]) -> dict[str, bytes]:
+    async def _shard_get(self, shard_id: str, keys: list[str]) -> ClaimReply:
         counters = self._shard_counters[shard_id]
         breaker = self._shard_breakers[shard_id]
         if not breaker.allow():
-            return {}  # skipped: counted as misses by the caller, rejected count in stats
+            return ClaimReply()  # skipped: counted as misses by the caller, rejected count in stats
         t0 = self._clock()
+        call = self._shards[shard_id].get_or_claim(keys, self.config.shard_claim_lease_s, self.config.claim_wait_s)
         try:
-            reply = await asyncio.wait_for(self._shards[shard_id].get_many(keys), self.config.shard_timeout_s)
+            reply = await asyncio.wait_for(call, self.config.shard_timeout_s)
         except asyncio.CancelledError:
             breaker.record_failure()
             raise
         except Exception as err:  # noqa: BLE001 - a shard failure is a miss for that tier, never an error
+            # A claim the shard granted before the call failed client-side simply lapses with its lease.
             breaker.record_failure()
             counters.errors += 1
-            logger.debug("shard %s get_many failed: %s", shard_id, err)
-            return {}
+            logger.debug("shard %s get_or_claim failed: %s", shard_id, err)
+            return ClaimReply()
         breaker.record_success()
         counters.latency.add((self._clock() - t0) * 1000)
         return reply
@@ -315,18 +352,27 @@ class TokenCache:
     # ------------------------------------------------------------------ write-through
 
     def _schedule_write(
-        self, shard_items: dict[str, bytes], redis_items: dict[str, bytes], owners: dict[str, tuple[str, str]]
+        self,
+        shard_items: dict[str, bytes],
+        redis_items: dict[str, bytes],
+        owners: dict[str, tuple[str, str]],
+        claimed: set[str],
     ) -> None:
         if len(self._writes) >= self.config.max_pending_writes:
             # Backpressure: dropping a write only costs a future miss; queuing unboundedly costs memory.
+            # Claims among the dropped keys lapse with their lease (waiters then compute for themselves).
             self._writes_dropped += 1
             return
-        task = asyncio.create_task(self._write(shard_items, redis_items, owners))
+        task = asyncio.create_task(self._write(shard_items, redis_items, owners, claimed))
         self._writes.add(task)
         task.add_done_callback(self._writes.discard)
 
     async def _write(
-        self, shard_items: dict[str, bytes], redis_items: dict[str, bytes], owners: dict[str, tuple[str, str]]
+        self,
+        shard_items: dict[str, bytes],
+        redis_items: dict[str, bytes],
+        owners: dict[str, tuple[str, str]],
+        claimed: set[str],
     ) -> None:
         calls = []
         if shard_items:
@@ -334,8 +380,10 @@ class TokenCache:
             for key, raw in shard_items.items():
                 groups.setdefault(self._ring.lookup(key), {})[key] = raw
             for sid, items in groups.items():
-                if self._shard_breakers[sid].state is not BreakerState.CLOSED:
-                    continue  # the shard is failing; its reads are skipped, so skip writes too
+                if self._shard_breakers[sid].state is not BreakerState.CLOSED and claimed.isdisjoint(items):
+                    # The shard is failing; its reads are skipped, so skip writes too. Not when we hold a
+                    # claim there: the shard answered us moments ago and other replicas wait for the put.
+                    continue
                 calls.append(self._shards[sid].put_many(items, {k: owners[k] for k in items}))
         if redis_items and self._redis is not None:
             calls.append(self._redis.put_many(redis_items, owners={k: owners[k] for k in redis_items}))
@@ -434,7 +482,12 @@ class TokenCache:
             L0: l0.to_dict(),
             "shards": {
                 sid: c.snapshot().to_dict()
-                | {"breaker": self._shard_breakers[sid].state.value, "skipped_calls": self._shard_breakers[sid].rejected}
+                | {
+                    "breaker": self._shard_breakers[sid].state.value,
+                    "skipped_calls": self._shard_breakers[sid].rejected,
+                    "claimed": self._shard_claims[sid],
+                    "claim_wait_timeouts": self._shard_claim_timeouts[sid],
+                }
                 for sid, c in self._shard_counters.items()
             },
             REDIS: redis,

@@ -4,22 +4,43 @@
 or one document's chunks can be dropped without scanning. The Serve deployment in
 ``deployments/cache_group.py`` is a thin remote wrapper around it; ``LocalShardClient`` reaches one in
 the same process (tests, single-process use, and the L0 tier which is a CacheShard too).
+
+Single-flight across processes: ``get_or_claim`` answers the keys present and *claims* the missing ones
+for the caller, who must compute them and ``put_many`` them. A key someone else has claimed is reported
+as waiting until its claim's lease runs out (a crashed or cancelled owner never blocks anyone for longer
+than the lease). ``CacheShard`` stays synchronous with an injectable clock; ``ClaimingShard`` adds the
+asyncio wait (until the key is put or its lease lapses, bounded by the caller's ``wait_s``) and is shared
+by the Serve deployment and ``LocalShardClient``, so in-process tests run the same logic.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from cache.lru import DEFAULT_ENTRY_OVERHEAD_BYTES, ByteBoundedLRU
 
-__all__ = ["CacheShard", "ShardClient", "LocalShardClient"]
+__all__ = ["CacheShard", "ClaimReply", "ClaimingShard", "ShardClient", "LocalShardClient"]
 
 # Measured cost of the invalidation index per entry in the worst case (one chunk per document: a set
 # per document, the owner tuple per key); charged to the byte budget with the LRU's own overhead.
 INDEX_OVERHEAD_BYTES = 576
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimReply:
+    """Answer of ``get_or_claim``. ``found``: values present. ``claimed``: keys the caller now owns and
+    must compute and ``put_many`` (or let the lease lapse). ``waiting``: keys another caller owns, with
+    their lease expiry on the shard's clock; after ``ClaimingShard``'s wait these are the keys whose wait
+    ran out, which the caller computes without a claim."""
+
+    found: dict[str, bytes] = field(default_factory=dict)
+    claimed: list[str] = field(default_factory=list)
+    waiting: dict[str, float] = field(default_factory=dict)
 
 
 class CacheShard:
@@ -50,12 +71,21 @@ class CacheShard:
         # (collection, doc_id) -> keys. A collection is the union of its documents' sets: one index,
         # and collection invalidation (rare) pays a walk over documents instead of a second index.
         self._by_doc: dict[tuple[str, str], set[str]] = {}
+        # key -> lease expiry of its claim, in claim order (so lapsed claims are pruned from the front).
+        self._claims: dict[str, float] = {}
+        self._clock = clock
         self.hits = 0
         self.misses = 0
+        self.claims_granted = 0
+        self.claims_lapsed = 0
 
     @property
     def lru(self) -> ByteBoundedLRU:
         return self._lru
+
+    @property
+    def clock(self) -> Callable[[], float]:
+        return self._clock
 
     def get(self, key: str) -> bytes | None:
         value = self._lru.get(key)
@@ -74,9 +104,33 @@ class CacheShard:
                 found[key] = value
         return found
 
+    def get_or_claim(self, keys: Iterable[str], lease_s: float) -> ClaimReply:
+        """Values of the keys present; each missing key is claimed for ``lease_s`` seconds by this caller
+        unless another caller's claim on it is still live (then it is reported under ``waiting``)."""
+        now = self._clock()
+        self._prune_claims(now)
+        reply = ClaimReply()
+        for key in dict.fromkeys(keys):
+            value = self.get(key)
+            if value is not None:
+                reply.found[key] = value
+                continue
+            expires_at = self._claims.get(key)
+            if expires_at is not None and expires_at > now:
+                reply.waiting[key] = expires_at
+                continue
+            if expires_at is not None:
+                del self._claims[key]  # lapsed: its owner died or is too slow; the caller takes over
+                self.claims_lapsed += 1  # claims that ended without a put
+            self._claims[key] = now + lease_s
+            self.claims_granted += 1
+            reply.claimed.append(key)
+        return reply
+
     def put_many(self, items: dict[str, bytes], owners: dict[str, tuple[str, str]]) -> None:
-        """Store values; ``owners`` maps key -> (collection, doc_id) for invalidation."""
+        """Store values (releasing any claim on them); ``owners`` maps key -> (collection, doc_id)."""
         for key, value in items.items():
+            self._claims.pop(key, None)
             if not self._lru.put(key, value):
                 continue  # larger than the whole budget: not stored, so not indexed
             owner = owners.get(key)
@@ -100,9 +154,11 @@ class CacheShard:
         return removed
 
     def clear(self) -> None:
+        """Drop every entry and every claim."""
         self._lru.clear()
         self._owners.clear()
         self._by_doc.clear()
+        self._claims.clear()
 
     def stats(self) -> dict:
         looked = self.hits + self.misses
@@ -115,10 +171,23 @@ class CacheShard:
             "max_bytes": self._lru.max_bytes,
             "evictions": self._lru.evictions,
             "expirations": self._lru.expirations,
+            "claims": len(self._claims),
+            "claims_granted": self.claims_granted,
+            "claims_lapsed": self.claims_lapsed,
         }
 
     def collections(self) -> set[str]:
         return {owner[0] for owner in self._by_doc}
+
+    def _prune_claims(self, now: float) -> None:
+        # Claims are appended in time order, so lapsed ones sit at the front; with mixed lease lengths a
+        # lapsed claim behind a live one waits for the next prune, and is ignored on lookup meanwhile.
+        while self._claims:
+            key = next(iter(self._claims))
+            if self._claims[key] > now:
+                return
+            del self._claims[key]
+            self.claims_lapsed += 1
 
     def _index(self, key: str, owner: tuple[str, str]) -> None:
         current = self._owners.get(key, ())
@@ -135,6 +204,82 @@ class CacheShard:
                     del self._by_doc[owner]
 
 
+class ClaimingShard:
+    """A ``CacheShard`` whose ``get_or_claim`` waits (asyncio) for keys other callers have claimed.
+
+    One per shard, on one event loop: the Serve deployment's and ``LocalShardClient``'s. A waiting call
+    parks on one ``asyncio.Event`` registered under each key it waits for; ``put_many`` and ``clear`` set
+    the events of the keys they touch, a lapsing lease is a timeout. Woken (or timed out), the call asks
+    the shard again: a put key is found, a lapsed claim is taken over. It returns when nothing is left to
+    wait for or after ``wait_s``, whichever is first; keys still claimed elsewhere are left under
+    ``waiting`` and the caller computes them itself, so a lookup never waits longer than ``wait_s``.
+    """
+
+    def __init__(self, shard: CacheShard) -> None:
+        self.shard = shard
+        self._waiters: dict[str, set[asyncio.Event]] = {}
+        self.waits = 0
+        self.waits_timed_out = 0
+
+    async def get_or_claim(self, keys: list[str], lease_s: float, wait_s: float) -> ClaimReply:
+        reply = self.shard.get_or_claim(keys, lease_s)
+        if not reply.waiting:
+            return reply
+        self.waits += 1
+        found, claimed, waiting = dict(reply.found), list(reply.claimed), reply.waiting
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + max(0.0, wait_s)
+        event = asyncio.Event()
+        while waiting:
+            left = deadline - loop.time()
+            if left <= 0:
+                break
+            lease_left = min(waiting.values()) - self.shard.clock()
+            event.clear()
+            for key in waiting:
+                self._waiters.setdefault(key, set()).add(event)
+            try:
+                async with asyncio.timeout(max(0.0, min(left, lease_left))):
+                    await event.wait()
+            except TimeoutError:
+                pass
+            finally:
+                self._forget(event, waiting)
+            again = self.shard.get_or_claim(list(waiting), lease_s)
+            found.update(again.found)
+            claimed.extend(again.claimed)
+            waiting = again.waiting
+        if waiting:
+            self.waits_timed_out += 1
+        return ClaimReply(found, claimed, waiting)
+
+    def put_many(self, items: dict[str, bytes], owners: dict[str, tuple[str, str]]) -> None:
+        """Store (releasing the claims) and wake whoever waits for these keys."""
+        self.shard.put_many(items, owners)
+        self._wake(items)
+
+    def clear(self) -> None:
+        """Drop entries and claims; waiters wake and claim for themselves."""
+        self.shard.clear()
+        self._wake(list(self._waiters))
+
+    def stats(self) -> dict:
+        return self.shard.stats() | {"claim_waits": self.waits, "claim_waits_timed_out": self.waits_timed_out}
+
+    def _wake(self, keys: Iterable[str]) -> None:
+        for key in keys:
+            for event in self._waiters.pop(key, ()):
+                event.set()
+
+    def _forget(self, event: asyncio.Event, keys: Iterable[str]) -> None:
+        for key in keys:
+            events = self._waiters.get(key)
+            if events is not None:
+                events.discard(event)
+                if not events:
+                    del self._waiters[key]
+
+
 class ShardClient(ABC):
     """How ``TokenCache`` reaches one shard. ``shard_id`` places it on the hash ring and must be the
     same in every process (e.g. the Serve deployment name). Methods may raise ``ShardUnavailableError``."""
@@ -145,6 +290,13 @@ class ShardClient(ABC):
 
     @abstractmethod
     async def get_many(self, keys: list[str]) -> dict[str, bytes]: ...
+
+    async def get_or_claim(self, keys: list[str], lease_s: float, wait_s: float) -> ClaimReply:
+        """Values present, plus the missing keys this caller now owns (see ``CacheShard.get_or_claim``).
+
+        Default for shards without claim support: a plain ``get_many`` that claims nothing, so the
+        caller computes every missing key (single-flight per process only)."""
+        return ClaimReply(found=await self.get_many(keys))
 
     @abstractmethod
     async def put_many(self, items: dict[str, bytes], owners: dict[str, tuple[str, str]]) -> None: ...
@@ -165,6 +317,7 @@ class LocalShardClient(ShardClient):
     def __init__(self, shard: CacheShard, shard_id: str = "local-0") -> None:
         self._shard = shard
         self._shard_id = shard_id
+        self._claiming = ClaimingShard(shard)
 
     @property
     def shard(self) -> CacheShard:
@@ -177,14 +330,17 @@ class LocalShardClient(ShardClient):
     async def get_many(self, keys: list[str]) -> dict[str, bytes]:
         return self._shard.get_many(keys)
 
+    async def get_or_claim(self, keys: list[str], lease_s: float, wait_s: float) -> ClaimReply:
+        return await self._claiming.get_or_claim(keys, lease_s, wait_s)
+
     async def put_many(self, items: dict[str, bytes], owners: dict[str, tuple[str, str]]) -> None:
-        self._shard.put_many(items, owners)
+        self._claiming.put_many(items, owners)
 
     async def invalidate(self, collection: str, doc_id: str | None = None) -> int:
         return self._shard.invalidate(collection, doc_id)
 
     async def clear(self) -> None:
-        self._shard.clear()
+        self._claiming.clear()
 
     async def stats(self) -> dict:
-        return self._shard.stats()
+        return self._claiming.stats()

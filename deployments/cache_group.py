@@ -1,6 +1,7 @@
 """The token cache's L1 tier as Ray Serve deployments: one deployment per shard.
 
-Thin on purpose: ``TokenCacheShardServer`` only forwards to a plain ``cache.shard.CacheShard`` and
+Thin on purpose: ``TokenCacheShardServer`` only forwards to a plain ``cache.shard.CacheShard`` (through
+``cache.shard.ClaimingShard``, which holds the cross-process single-flight waits on this replica's loop) and
 ``ServeShardClient`` only adapts a ``DeploymentHandle`` to ``cache.shard.ShardClient`` (timeout, error
 translation). The app builder binds N shards as separate deployments named ``token_cache_shard_{i}``,
 so a key is sent to the exact shard that owns it on the hash ring (the ring is built over deployment
@@ -17,7 +18,7 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from cache.exceptions import ShardUnavailableError
-from cache.shard import CacheShard, ShardClient
+from cache.shard import CacheShard, ClaimingShard, ClaimReply, ShardClient
 
 __all__ = ["TokenCacheShardServer", "ServeShardClient", "shard_deployment_name"]
 
@@ -39,17 +40,20 @@ class TokenCacheShardServer:
     """One cache shard: a bytes-bounded LRU with TTL and an invalidation index."""
 
     def __init__(self, max_bytes: int, ttl_s: float | None = None) -> None:
-        self._shard = CacheShard(max_bytes=max_bytes, ttl_s=ttl_s)
+        self._shard = ClaimingShard(CacheShard(max_bytes=max_bytes, ttl_s=ttl_s))
         logger.info("token cache shard up: max_bytes=%s ttl_s=%s", max_bytes, ttl_s)
 
     async def get_many(self, keys: list[str]) -> dict[str, bytes]:
-        return self._shard.get_many(keys)
+        return self._shard.shard.get_many(keys)
+
+    async def get_or_claim(self, keys: list[str], lease_s: float, wait_s: float) -> ClaimReply:
+        return await self._shard.get_or_claim(keys, lease_s, wait_s)
 
     async def put_many(self, items: dict[str, bytes], owners: dict[str, tuple[str, str]]) -> None:
         self._shard.put_many(items, owners)
 
     async def invalidate(self, collection: str, doc_id: str | None = None) -> int:
-        return self._shard.invalidate(collection, doc_id)
+        return self._shard.shard.invalidate(collection, doc_id)
 
     async def clear(self) -> None:
         self._shard.clear()
@@ -82,6 +86,9 @@ class ServeShardClient(ShardClient):
 
     async def get_many(self, keys: list[str]) -> dict[str, bytes]:
         return await self._call("get_many", keys)  # type: ignore[return-value]
+
+    async def get_or_claim(self, keys: list[str], lease_s: float, wait_s: float) -> ClaimReply:
+        return await self._call("get_or_claim", keys, lease_s, wait_s)  # type: ignore[return-value]
 
     async def put_many(self, items: dict[str, bytes], owners: dict[str, tuple[str, str]]) -> None:
         await self._call("put_many", items, owners)

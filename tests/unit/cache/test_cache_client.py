@@ -15,13 +15,21 @@ from tests.fakes.fake_shard_client import FailingShardClient, RecordingShardClie
 from tests.fakes.fake_tokenizer import FakeTokenizer
 
 
+class RecordingClaimClient(RecordingShardClient):
+    """Records the keys of each shard lookup; TokenCache looks up through get_or_claim."""
+
+    async def get_or_claim(self, keys, lease_s, wait_s):
+        self.get_calls.append(list(keys))
+        return await super().get_or_claim(keys, lease_s, wait_s)
+
+
 def chunks(n=5, collection="support_kb", doc="doc"):
     return [ChunkRef(collection, f"{doc}-{i}", f"{doc}-{i}#0", f"chunk {i} alpha beta gamma {doc}") for i in range(n)]
 
 
 def make_cache(shards=2, redis=True, tokenizer=None, **cfg):
     tok = tokenizer or FakeTokenizer()
-    clients = [RecordingShardClient(CacheShard(1 << 20), shard_id=f"s{i}") for i in range(shards)]
+    clients = [RecordingClaimClient(CacheShard(1 << 20), shard_id=f"s{i}") for i in range(shards)]
     fake = FakeRedisClient()
     tier = RedisTier(fake, ttl_s=60, timeout_s=0.5, breaker=CircuitBreaker(3, 5)) if redis else None
     cache = TokenCache(tok, clients, tier, TokenCacheConfig(**cfg), agent="support")
@@ -57,6 +65,7 @@ async def test_tier_order_and_counts():
     assert third.hits_by_tier == {"shard": 5} and tok.batch_calls == 1
     # Each key went to exactly the shard that owns it on the ring.
     ring = ConsistentHashRing(["s0", "s1"])
+    assert all(client.get_calls for client in clients)
     for client in clients:
         for batch in client.get_calls:
             assert all(ring.lookup(k) == client.shard_id for k in batch)
