@@ -250,25 +250,40 @@ class TokenCache:
             raise
 
     async def _fill_inner(self, owned: list[str], texts: dict[str, str], owners: dict[str, tuple[str, str]]) -> None:
+        # Round 1 asks the shards without waiting and computes what this replica claimed (or what no shard
+        # answered for), writing it back before round 2 waits for keys other replicas are computing. So two
+        # replicas that each claimed part of the other's keys never wait on each other.
+        waiting = await self._fill_round(owned, texts, owners, wait_s=0.0)
+        if waiting:
+            await self._fill_round(waiting, texts, owners, wait_s=self.config.claim_wait_s)
+
+    async def _fill_round(
+        self, keys: list[str], texts: dict[str, str], owners: dict[str, tuple[str, str]], wait_s: float
+    ) -> list[str]:
+        """Resolve ``keys`` through L1 (claiming), L2 and the tokenizer; write back; release single-flight.
+
+        With ``wait_s == 0`` keys claimed by another replica are left out and returned, to be asked for
+        again with a wait; otherwise the shard waits up to ``wait_s`` and whatever is still claimed
+        elsewhere is computed here too. Returns the keys left out."""
         result: dict[str, tuple[list[int], str]] = {}
         raw_ok: dict[str, bytes] = {}  # packed values known good, reused for write-back
-        shard_fill: dict[str, bytes] = {}  # keys whose owning shard lacked (or had a corrupt) value
-        redis_fill: dict[str, bytes] = {}
+        later: list[str] = []  # claimed by another replica: asked for again, with a wait
 
         # L1: one concurrent call per owning shard. Missing keys are claimed on their shard (single-flight
-        # across processes): a key another replica is computing waits there, bounded, until it is written.
-        remaining = list(owned)
+        # across processes); the claim is released by our write-back, or lapses.
+        remaining = list(keys)
         claimed: set[str] = set()
         if self._shards and remaining:
             groups: dict[str, list[str]] = {}
             for key in remaining:
                 groups.setdefault(self._ring.lookup(key), []).append(key)
-            replies = await asyncio.gather(*(self._shard_get(sid, ks) for sid, ks in groups.items()))
+            replies = await asyncio.gather(*(self._shard_get(sid, ks, wait_s) for sid, ks in groups.items()))
             for (sid, ks), reply in zip(groups.items(), replies):
                 counters = self._shard_counters[sid]
                 claimed.update(reply.claimed)
                 self._shard_claims[sid] += len(reply.claimed)
-                self._shard_claim_timeouts[sid] += len(reply.waiting)
+                if wait_s > 0:
+                    self._shard_claim_timeouts[sid] += len(reply.waiting)
                 for key in ks:
                     raw = reply.found.get(key)
                     if raw is not None:
@@ -280,8 +295,12 @@ class TokenCache:
                         except CorruptEntryError:
                             counters.corruptions += 1
                             logger.warning("corrupt entry %s on shard %s; rebuilding", key, sid)
+                    elif wait_s == 0 and key in reply.waiting:
+                        later.append(key)
+                        continue
                     counters.misses += 1
-            remaining = [k for k in remaining if k not in result]
+            skip = set(later)
+            remaining = [k for k in remaining if k not in result and k not in skip]
             shard_need = set(remaining)
         else:
             shard_need = set()
@@ -318,22 +337,24 @@ class TokenCache:
                         raw_ok[key] = encode_tokens(ids)
                     self._tokens_tokenized += len(ids)
 
-        # Write back: L0 now (so later requests hit before single-flight is released), lower tiers later.
-        self._l0.put_many({k: compact_ids(result[k][0]) for k in owned}, owners)
+        # Write back: L0 now (so later requests hit before single-flight is released), lower tiers by a
+        # background task started right away (it also releases our claims and wakes waiting replicas).
+        self._l0.put_many({k: compact_ids(ids) for k, (ids, _) in result.items()}, owners)
         shard_fill = {k: raw_ok[k] for k in shard_need}
         redis_fill = {k: raw_ok[k] for k in redis_need}
         if shard_fill or redis_fill:
-            self._schedule_write(shard_fill, redis_fill, {k: owners[k] for k in owned}, claimed)
-        for key in owned:
-            self._flight.resolve(key, result[key])
+            self._schedule_write(shard_fill, redis_fill, {k: owners[k] for k in result}, claimed)
+        for key, value in result.items():
+            self._flight.resolve(key, value)
+        return later
 
-    async def _shard_get(self, shard_id: str, keys: list[str]) -> ClaimReply:
+    async def _shard_get(self, shard_id: str, keys: list[str], wait_s: float) -> ClaimReply:
         counters = self._shard_counters[shard_id]
         breaker = self._shard_breakers[shard_id]
         if not breaker.allow():
             return ClaimReply()  # skipped: counted as misses by the caller, rejected count in stats
         t0 = self._clock()
-        call = self._shards[shard_id].get_or_claim(keys, self.config.shard_claim_lease_s, self.config.claim_wait_s)
+        call = self._shards[shard_id].get_or_claim(keys, self.config.shard_claim_lease_s, wait_s)
         try:
             reply = await asyncio.wait_for(call, self.config.shard_timeout_s)
         except asyncio.CancelledError:

@@ -211,8 +211,10 @@ class ClaimingShard:
     parks on one ``asyncio.Event`` registered under each key it waits for; ``put_many`` and ``clear`` set
     the events of the keys they touch, a lapsing lease is a timeout. Woken (or timed out), the call asks
     the shard again: a put key is found, a lapsed claim is taken over. It returns when nothing is left to
-    wait for or after ``wait_s``, whichever is first; keys still claimed elsewhere are left under
-    ``waiting`` and the caller computes them itself, so a lookup never waits longer than ``wait_s``.
+    wait for, when it has taken over a claim (not to sit on a key others may now wait for), or after
+    ``wait_s``, whichever is first; keys still claimed elsewhere are left under ``waiting`` and the
+    caller computes them itself, so a lookup never waits longer than ``wait_s``. ``wait_s == 0`` answers
+    at once (the client's first round, which must write back its own claims before it waits).
     """
 
     def __init__(self, shard: CacheShard) -> None:
@@ -223,7 +225,7 @@ class ClaimingShard:
 
     async def get_or_claim(self, keys: list[str], lease_s: float, wait_s: float) -> ClaimReply:
         reply = self.shard.get_or_claim(keys, lease_s)
-        if not reply.waiting:
+        if not reply.waiting or wait_s <= 0:
             return reply
         self.waits += 1
         found, claimed, waiting = dict(reply.found), list(reply.claimed), reply.waiting
@@ -249,6 +251,8 @@ class ClaimingShard:
             found.update(again.found)
             claimed.extend(again.claimed)
             waiting = again.waiting
+            if again.claimed:
+                break  # took over a lapsed claim: return, others may be waiting for that key now
         if waiting:
             self.waits_timed_out += 1
         return ClaimReply(found, claimed, waiting)

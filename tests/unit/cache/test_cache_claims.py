@@ -173,6 +173,55 @@ async def test_concurrent_misses_from_two_caches_tokenize_each_chunk_once():
     assert (await client.stats())["claim_waits"] >= 1
 
 
+class Delayed(ShardClient):
+    """The same shard reached with a delay before each lookup (to order two replicas' calls)."""
+
+    def __init__(self, inner: LocalShardClient, delay_s: float) -> None:
+        self.inner = inner
+        self.delay_s = delay_s
+
+    @property
+    def shard_id(self):
+        return self.inner.shard_id
+
+    async def get_many(self, keys):
+        return await self.inner.get_many(keys)
+
+    async def get_or_claim(self, keys, lease_s, wait_s):
+        await asyncio.sleep(self.delay_s)
+        return await self.inner.get_or_claim(keys, lease_s, wait_s)
+
+    async def put_many(self, items, owners):
+        await self.inner.put_many(items, owners)
+
+    async def invalidate(self, collection, doc_id=None):
+        return await self.inner.invalidate(collection, doc_id)
+
+    async def clear(self):
+        await self.inner.clear()
+
+
+async def test_replicas_holding_each_others_keys_do_not_wait_on_each_other():
+    """A claims shard s0's keys first, B claims s1's first; each then finds the other's keys claimed.
+    Each computes and writes back its own claims before waiting, so nobody waits out shard_claim_wait_s."""
+    tok = FakeTokenizer(delay_s=0.05)
+    s0, s1 = LocalShardClient(CacheShard(1 << 20), "s0"), LocalShardClient(CacheShard(1 << 20), "s1")
+    cfg = TokenCacheConfig(shard_timeout_s=5.0, shard_claim_wait_s=3.0)
+    a = TokenCache(tok, [s0, Delayed(s1, 0.03)], None, cfg, agent="a")
+    b = TokenCache(tok, [Delayed(s0, 0.03), s1], None, cfg, agent="b")
+    cs = chunks(10)
+    keys = [ChunkKey.for_chunk(c, tok.fingerprint).storage_key for c in cs]
+    assert {a._ring.lookup(k) for k in keys} == {"s0", "s1"}
+    t0 = time.monotonic()
+    ra, rb = await asyncio.gather(a.get_tokens(cs), b.get_tokens(cs))
+    assert time.monotonic() - t0 < 2.0
+    assert ra.token_ids == rb.token_ids == [tok.encode(c.text) for c in cs]
+    assert tok.texts_encoded == 10
+    sa, sb = a.stats()["shards"], b.stats()["shards"]
+    assert sa["s0"]["claimed"] > 0 and sb["s1"]["claimed"] > 0
+    assert ra.hits_by_tier.get("shard", 0) > 0 and rb.hits_by_tier.get("shard", 0) > 0
+
+
 async def test_owner_that_fails_lets_its_claim_lapse_and_the_other_cache_takes_over():
     class Broken(FakeTokenizer):
         def encode_batch(self, texts):
