@@ -36,7 +36,9 @@ def shard_group():
     # once; a second attempt has always come up.
     for attempt in range(2):
         try:
-            ray.init(num_cpus=2, include_dashboard=False, ignore_reinit_error=True)
+            # Its own temp dir: a test cluster must not take over /tmp/ray/session_latest from an app
+            # running on the same machine.
+            ray.init(num_cpus=2, include_dashboard=False, ignore_reinit_error=True, _temp_dir="/tmp/ray_tcrag_it")
             break
         except Exception:
             ray.shutdown()
@@ -77,6 +79,29 @@ async def test_serve_shard_client_meets_the_contract(shard_group):
     client = ServeShardClient(shard_group[1], timeout_s=5.0)
     assert client.shard_id == "token_cache_shard_1"
     await check_shard_client_contract(client)
+
+
+async def test_two_clients_racing_on_the_same_keys_tokenize_them_once(shard_group):
+    """Two TokenCache instances (two agent replicas, tiny L0) miss the same chunks at once: the shard
+    grants each key's claim to one of them and parks the other until the owner's write-through."""
+    from deployments.cache_group import ServeShardClient
+    from tests.fakes.fake_tokenizer import FakeTokenizer
+
+    tokenizer = FakeTokenizer(delay_s=0.1)
+    config = TokenCacheConfig(
+        shard_timeout_s=3.0, shard_claim_wait_s=2.0, write_timeout_s=3.0, max_cache_size_mb=0.001
+    )
+    a, b = (TokenCache(tokenizer, [ServeShardClient(h, timeout_s=3.0) for h in shard_group], None, config) for _ in "ab")
+    race = chunks(6, "race")
+    results = await asyncio.gather(*((a if i % 2 else b).get_tokens(race) for i in range(8)))
+    expected = [tokenizer.encode(c.text) for c in race]
+    assert all(r.token_ids == expected for r in results)
+    assert tokenizer.texts_encoded == 6, tokenizer.texts_encoded
+    claimed = sum(s["claimed"] for cache in (a, b) for s in cache.stats()["shards"].values())
+    assert claimed == 6
+    await a.flush()
+    await b.flush()
+    await a.invalidate_all()  # the shard group is shared by the module's tests
 
 
 async def test_shard_killed_mid_run_no_failed_lookup(shard_group):
