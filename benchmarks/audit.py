@@ -1,7 +1,7 @@
 """Audit report in the original plan's AUDIT_PROTOCOL_V2 shape, from a benchmark results file.
 
     python -m benchmarks.audit --results benchmarks/results/latest.json [--junit junit.xml]
-        [--out benchmarks/results/AUDIT.md]
+        [--loadtest benchmarks/results/loadtest_stats.csv --loadtest-users 10] [--out benchmarks/results/AUDIT.md]
 
 Every "Actual" comes from the results file (and the test counts from the pytest JUnit XML); only the
 targets are written here, in ``TARGETS``, with where each comes from. Failed checks become findings with
@@ -11,6 +11,7 @@ a priority, and the priorities decide the verdict: any P0 rejects, any P1 approv
 from __future__ import annotations
 
 import argparse
+import csv
 import datetime as dt
 import json
 import subprocess
@@ -23,7 +24,7 @@ from typing import Any
 
 from benchmarks.stats import AGENT_BUDGET_BYTES, MB, TOTAL_BUDGET_BYTES
 
-__all__ = ["Check", "TARGETS", "validate", "junit_counts", "render", "main"]
+__all__ = ["Check", "TARGETS", "validate", "loadtest_checks", "junit_counts", "render", "main"]
 
 # Targets: the original plan (Phase 3 tables, Phase 4 success criteria) and issue 7's "must show".
 TARGETS = {
@@ -53,7 +54,7 @@ class Check:
 @dataclass(slots=True)
 class TestCounts:
     by_kind: dict[str, dict[str, int]] = field(default_factory=dict)
-    failures: list[str] = field(default_factory=list)
+    failures: dict[str, list[str]] = field(default_factory=dict)  # kind -> failed test ids
 
 
 def _pct(x: float | None) -> str:
@@ -143,6 +144,26 @@ def validate(results: Mapping[str, Any]) -> list[Check]:
     return checks
 
 
+def loadtest_checks(stats_csv: Path, users: int | None = None) -> list[Check]:
+    """Rows for a Locust run from its ``--csv`` stats file (the ``Aggregated`` line): zero failures is
+    judged (the plan's concurrent-agents criterion); p50, p95 and throughput are reported."""
+    with Path(stats_csv).open(newline="") as handle:
+        rows = {row["Name"]: row for row in csv.DictReader(handle)}
+    total = rows.get("Aggregated")
+    if total is None:
+        return [Check("Load test (Locust)", "0 failed requests", f"no Aggregated row in {stats_csv}", False,
+                      priority="P1")]
+    who = f"{users} concurrent users, " if users else ""
+    label = f"Load test (Locust, {who}{len(rows) - 1} routes)"
+    requests, failures = int(total["Request Count"]), int(total["Failure Count"])
+    return [
+        Check(f"{label}: failed requests", "0", f"{failures} of {requests}", requests > 0 and failures == 0,
+              priority="P0"),
+        Check(f"{label}: p50 / p95 response time", "reported", f"{total['50%']} ms / {total['95%']} ms", None),
+        Check(f"{label}: throughput", "reported", f"{float(total['Requests/s']):.2f} requests/s", None),
+    ]
+
+
 def _kind(case: ET.Element) -> str:
     where = (case.get("classname") or "") + " " + (case.get("file") or "")
     where = where.replace("/", ".")
@@ -160,7 +181,7 @@ def junit_counts(path: Path) -> TestCounts:
         bucket = counts.by_kind.setdefault(kind, {"passed": 0, "failed": 0, "skipped": 0})
         if case.find("failure") is not None or case.find("error") is not None:
             bucket["failed"] += 1
-            counts.failures.append(f"{case.get('classname')}::{case.get('name')}")
+            counts.failures.setdefault(kind, []).append(f"{case.get('classname')}::{case.get('name')}")
         elif case.find("skipped") is not None:
             bucket["skipped"] += 1
         else:
@@ -194,7 +215,7 @@ def render(results: Mapping[str, Any], checks: Sequence[Check], tests: TestCount
         for kind, b in sorted(tests.by_kind.items()):
             if b["failed"]:
                 findings["P0"].append(f"{b['failed']} {kind} test(s) failed: "
-                                      + ", ".join(f for f in tests.failures[:5]))
+                                      + ", ".join(tests.failures.get(kind, [])[:5]))
     else:
         findings["P2"].append("No test results given (--junit): the plan's 100% pass criterion is not verified here")
     if machine.get("note"):
@@ -276,11 +297,16 @@ def main(argv: Sequence[str] | None = None) -> str:
     p = argparse.ArgumentParser(prog="python -m benchmarks.audit", description=__doc__.split("\n\n")[0])
     p.add_argument("--results", type=Path, default=Path("benchmarks/results/latest.json"))
     p.add_argument("--junit", type=Path, default=None, help="pytest --junitxml output of the last test run")
+    p.add_argument("--loadtest", type=Path, default=None, help="Locust --csv stats file (*_stats.csv)")
+    p.add_argument("--loadtest-users", type=int, default=None, help="users of that Locust run (for the label)")
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/AUDIT.md"))
     args = p.parse_args(argv)
     results = json.loads(args.results.read_text())
     tests = junit_counts(args.junit) if args.junit else None
-    report = render(results, validate(results), tests, results_path=str(args.results),
+    checks = validate(results)
+    if args.loadtest:
+        checks += loadtest_checks(args.loadtest, args.loadtest_users)
+    report = render(results, checks, tests, results_path=str(args.results),
                     junit_path=str(args.junit) if args.junit else None, commit=_git_commit())
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(report)

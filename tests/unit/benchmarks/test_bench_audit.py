@@ -4,7 +4,7 @@ import datetime as dt
 
 import pytest
 
-from benchmarks.audit import junit_counts, render, validate
+from benchmarks.audit import junit_counts, loadtest_checks, render, validate
 from benchmarks.stats import MB, Sample, aggregate, memory_report
 
 NOW = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
@@ -61,10 +61,12 @@ def test_junit_counts_by_kind(tmp_path):
         '<testcase classname="tests.unit.cache.test_cache_lru" name="a"/>'
         '<testcase classname="tests.unit.cache.test_cache_lru" name="b"><failure message="x"/></testcase>'
         '<testcase classname="tests.integration.test_x" name="c"/>'
+        '<testcase classname="tests.integration.test_x" name="e"><error message="y"/></testcase>'
         '<testcase classname="tests.e2e.test_y" name="d"><skipped/></testcase>'
         '</testsuite></testsuites>')
     counts = junit_counts(xml)
     assert counts.by_kind["unit"] == {"passed": 1, "failed": 1, "skipped": 0}
+    assert counts.failures == {"unit": ["tests.unit.cache.test_cache_lru::b"], "integration": ["tests.integration.test_x::e"]}
     assert counts.by_kind["integration"]["passed"] == 1 and counts.by_kind["e2e"]["skipped"] == 1
     results = _results()
     report = render(results, validate(results), counts, results_path="r", junit_path=str(xml), now=NOW)
@@ -79,3 +81,30 @@ def test_plots_write_pngs(tmp_path):
                for m in ("baseline", "full") for i in range(3)]
     assert plot_latency(samples, AGENTS[:2], tmp_path / "l.png", 16).stat().st_size > 0
     assert plot_cold_start({"support": [0.0, 0.5, 0.7]}, tmp_path / "c.png").stat().st_size > 0
+
+
+_LOCUST_HEADER = ("Type,Name,Request Count,Failure Count,Median Response Time,Average Response Time,Min Response Time,"
+                  "Max Response Time,Average Content Size,Requests/s,Failures/s,50%,66%,75%,80%,90%,95%,98%,99%,"
+                  "99.9%,99.99%,100%\n")
+
+
+def _locust_csv(tmp_path, failures: int):
+    path = tmp_path / "loadtest_stats.csv"
+    path.write_text(_LOCUST_HEADER
+                    + f"POST,/v1/agents/support/answer,40,{failures},2000,2100,500,7000,900,0.7,0,2000,2300,2600,2800,"
+                      "3500,4100,5000,6000,7000,7000,7000\n"
+                    + f",Aggregated,40,{failures},2000,2100,500,7000,900,0.7,0,2000,2300,2600,2800,3500,4100,5000,"
+                      "6000,7000,7000,7000\n")
+    return path
+
+
+def test_loadtest_rows_judge_failures_and_report_latency_and_throughput(tmp_path):
+    clean = loadtest_checks(_locust_csv(tmp_path, 0), users=10)
+    assert clean[0].passed is True and clean[0].actual == "0 of 40"
+    assert "10 concurrent users" in clean[0].metric
+    assert clean[1].actual == "2000 ms / 4100 ms" and clean[1].passed is None
+    assert clean[2].actual == "0.70 requests/s"
+    failed = loadtest_checks(_locust_csv(tmp_path, 3), users=10)
+    assert failed[0].passed is False and failed[0].priority == "P0"
+    report = render(_results(), validate(_results()) + failed, None, results_path="r.json", now=NOW)
+    assert "REJECTED" in report.split("## Final Verdict")[1].split("[x]")[1]
