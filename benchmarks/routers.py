@@ -66,6 +66,10 @@ def run_router(name: str, router_class: str | None, requests: list[tuple[str, di
         "p95_ms": percentile([r["client_ms"] for r in ok], 95),
         "ttft_p50_ms": percentile([r["ttft_ms"] for r in ok], 50),
         "ttft_p95_ms": percentile([r["ttft_ms"] for r in ok], 95),
+        # Share of requests that reused at least half their prompt: the median request of a router
+        # below 0.5 pays a prefill, which is what separates the routers' p50.
+        "requests_mostly_cached": round(sum(r["cached"] >= r["prompt"] / 2 for r in ok) / max(1, len(ok)), 4),
+        "samples": results,
     }
 
 
