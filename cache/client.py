@@ -24,13 +24,14 @@ import asyncio
 import logging
 import sys
 import time
+from array import array
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from cache.breaker import BreakerState, CircuitBreaker
-from cache.codec import compact_ids, decode_tokens, encode_tokens
+from cache.codec import compact_ids, decode_compact, encode_tokens
 from cache.exceptions import CorruptEntryError
 from cache.keys import ChunkRef, hash_content, storage_key
 from cache.redis_tier import RedisTier
@@ -267,6 +268,7 @@ class TokenCache:
         elsewhere is computed here too. Returns the keys left out."""
         result: dict[str, tuple[list[int], str]] = {}
         raw_ok: dict[str, bytes] = {}  # packed values known good, reused for write-back
+        compact: dict[str, array] = {}  # the L0 form of each resolved key
         later: list[str] = []  # claimed by another replica: asked for again, with a wait
 
         # L1: one concurrent call per owning shard. Missing keys are claimed on their shard (single-flight
@@ -288,7 +290,8 @@ class TokenCache:
                     raw = reply.found.get(key)
                     if raw is not None:
                         try:
-                            result[key] = (decode_tokens(raw), SHARD)
+                            compact[key] = decode_compact(raw)
+                            result[key] = (compact[key].tolist(), SHARD)
                             raw_ok[key] = raw
                             counters.hits += 1
                             continue
@@ -313,7 +316,8 @@ class TokenCache:
                 raw = reply.get(key)
                 if raw is not None:
                     try:
-                        result[key] = (decode_tokens(raw), REDIS)
+                        compact[key] = decode_compact(raw)
+                        result[key] = (compact[key].tolist(), REDIS)
                         raw_ok[key] = raw
                         continue
                     except CorruptEntryError:
@@ -333,13 +337,14 @@ class TokenCache:
                 self._tokenize.misses += len(part)
                 for key, ids in zip(part, ids_list):
                     result[key] = (list(ids), TOKENIZED)
+                    compact[key] = compact_ids(ids)
                     if key in shard_need or key in redis_need:  # packed only if it is written through
                         raw_ok[key] = encode_tokens(ids)
                     self._tokens_tokenized += len(ids)
 
         # Write back: L0 now (so later requests hit before single-flight is released), lower tiers by a
         # background task started right away (it also releases our claims and wakes waiting replicas).
-        self._l0.put_many({k: compact_ids(ids) for k, (ids, _) in result.items()}, owners)
+        self._l0.put_many(compact, owners)
         shard_fill = {k: raw_ok[k] for k in shard_need}
         redis_fill = {k: raw_ok[k] for k in redis_need}
         if shard_fill or redis_fill:

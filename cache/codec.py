@@ -24,6 +24,7 @@ list with ``.tolist()`` (one C loop) on every hit.
 from __future__ import annotations
 
 import struct
+import sys
 import zlib
 from array import array
 from collections.abc import Sequence
@@ -32,7 +33,7 @@ import numpy as np
 
 from cache.exceptions import CorruptEntryError
 
-__all__ = ["encode_tokens", "decode_tokens", "compact_ids", "HEADER_SIZE", "MAGIC", "VERSION"]
+__all__ = ["encode_tokens", "decode_tokens", "decode_compact", "compact_ids", "HEADER_SIZE", "MAGIC", "VERSION"]
 
 MAGIC = b"TK"
 VERSION = 1
@@ -60,6 +61,23 @@ def encode_tokens(ids: Sequence[int]) -> bytes:
 
 def decode_tokens(data: bytes) -> list[int]:
     """Unpack and verify; raises ``CorruptEntryError`` on any mismatch."""
+    width, count = _verify(data)
+    return np.frombuffer(data, dtype=_DTYPES[width], offset=HEADER_SIZE, count=count).tolist()
+
+
+def decode_compact(data: bytes) -> array:
+    """Verify exactly as ``decode_tokens`` does, but return the IDs as an ``array.array`` (the L0 form):
+    a copy of the payload, no int objects made; ``.tolist()`` gives the list."""
+    width, _ = _verify(data)
+    arr = array(_ARRAY_2 if width == 2 else _ARRAY_4)
+    arr.frombytes(memoryview(data)[HEADER_SIZE:])
+    if sys.byteorder == "big":
+        arr.byteswap()  # the payload is little-endian
+    return arr
+
+
+def _verify(data: bytes) -> tuple[int, int]:
+    """(width, count) of a well-formed, checksum-clean entry; raises ``CorruptEntryError`` otherwise."""
     if len(data) < HEADER_SIZE:
         raise CorruptEntryError(f"entry too short: {len(data)} bytes")
     magic, version, width, count = _PREFIX.unpack_from(data, 0)
@@ -75,7 +93,7 @@ def decode_tokens(data: bytes) -> list[int]:
     view = memoryview(data)
     if zlib.crc32(view[HEADER_SIZE:], zlib.crc32(view[: _PREFIX.size])) != crc:
         raise CorruptEntryError("checksum mismatch")
-    return np.frombuffer(data, dtype=_DTYPES[width], offset=HEADER_SIZE, count=count).tolist()
+    return width, count
 
 
 def compact_ids(ids: Sequence[int]) -> array:

@@ -2,7 +2,7 @@ import pytest
 
 import sys
 
-from cache.codec import HEADER_SIZE, compact_ids, decode_tokens, encode_tokens
+from cache.codec import HEADER_SIZE, compact_ids, decode_compact, decode_tokens, encode_tokens
 from cache.exceptions import CorruptEntryError
 
 
@@ -54,3 +54,19 @@ def test_compact_ids_round_trip_width_and_real_size(ids, width):
     assert arr.itemsize == width and arr.tolist() == ids
     assert sys.getsizeof(arr) >= width * len(ids)  # what the L0 charges: header and buffer
     assert sys.getsizeof(arr) <= width * len(ids) + 128
+
+
+@pytest.mark.parametrize("ids", [[], [0, 1, 65535], [0, 65536, 2**32 - 1], list(range(5000))])
+def test_decode_compact_matches_decode_tokens(ids):
+    arr = decode_compact(encode_tokens(ids))
+    assert arr.tolist() == ids and arr.itemsize == encode_tokens(ids)[3]
+
+
+@pytest.mark.parametrize("pos", [0, 2, 3, 4, 8, HEADER_SIZE, HEADER_SIZE + 5])
+def test_decode_compact_detects_what_decode_tokens_detects(pos):
+    data = bytearray(encode_tokens(list(range(100, 200))))
+    data[pos] ^= 0x01
+    with pytest.raises(CorruptEntryError):
+        decode_compact(bytes(data))
+    with pytest.raises(CorruptEntryError):
+        decode_compact(bytes(data[:-1]))
