@@ -1,12 +1,13 @@
 """Token cache micro-benchmark: lookup latency per tier for a 5-chunk context vs tokenizing it.
 
     python -m benchmarks.cache_microbench [--tokenizer PATH] [--redis-url URL] [--iterations N]
-                                          [--warmup N] [--no-gc]
+                                          [--warmup N] [--no-gc] [--ray-shard]
 
 Tiers measured through ``TokenCache.get_tokens`` (the path agents use, hashing and decoding included):
   l0     in-process LRU hit
   shard  L0 disabled (budget too small to hold an entry), hit in a shard reached through
          ``LocalShardClient`` (an in-process ``CacheShard``: no Ray hop; a Serve call adds its RPC time)
+  ray    with ``--ray-shard``: the shard row again through a real Serve shard (a throwaway local Ray)
   redis  L0 disabled, no shards, hit in Redis (one MGET) at REDIS_URL or redis://127.0.0.1:6379/0
 against tokenizing the same five chunks with the tokenizer (batched and one by one). Then fills an L0
 budget far past its size and reports bytes accounted and bytes actually held (tracemalloc).
@@ -113,6 +114,34 @@ class Timer:
         return out
 
 
+async def ray_shard_samples(tokenizer: TokenizerBackend, chunks: list[ChunkRef], timer: Timer) -> list[float]:
+    """Shard hits through a real Serve RPC: a throwaway local Ray instance (own temp dir, no HTTP proxy)
+    running one ``TokenCacheShardServer``; shut down afterwards. Imports Ray only when asked for."""
+    import ray
+    from ray import serve
+
+    from deployments.cache_group import ServeShardClient, TokenCacheShardServer, shard_deployment_name
+
+    t0 = time.perf_counter()
+    ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False, _temp_dir="/tmp/ray_tcrag_bench")
+    try:
+        serve.start(http_options={"location": "NoServer"})
+        name = shard_deployment_name(0)
+        app = TokenCacheShardServer.options(name=name, ray_actor_options={"num_cpus": 0.05}).bind(64 << 20, None)
+        handle = serve.run(app, name="tcrag_cache_microbench", route_prefix=None)
+        print(f"(ray shard up in {time.perf_counter() - t0:.1f} s)")
+        config = TokenCacheConfig(max_cache_size_mb=1e-5, shard_timeout_s=2.0)
+        cache = TokenCache(tokenizer, [ServeShardClient(handle, timeout_s=2.0)], None, config)
+        await cache.get_tokens(chunks)
+        await cache.flush()
+        res = await cache.get_tokens(chunks)
+        assert res.hits_by_tier == {"shard": 5}, res.hits_by_tier
+        return await timer.time_async(lambda: cache.get_tokens(chunks))
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+
+
 async def redis_reachable(url: str) -> bool:
     import redis.asyncio as aioredis
 
@@ -150,6 +179,9 @@ async def run(args: argparse.Namespace) -> None:
     res = await shard_cache.get_tokens(chunks)
     assert res.hits_by_tier == {"shard": 5}, res.hits_by_tier
     rows.append(("shard hit (local CacheShard)", await timer.time_async(lambda: shard_cache.get_tokens(chunks))))
+
+    if args.ray_shard:
+        rows.append(("shard hit (Ray Serve shard)", await ray_shard_samples(tokenizer, chunks, timer)))
 
     redis_note = ""
     if await redis_reachable(args.redis_url):
@@ -218,6 +250,9 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=2000)
     parser.add_argument("--warmup", type=int, default=200, help="untimed calls before each timed loop")
     parser.add_argument("--no-gc", action="store_true", help="disable the collector during timed loops")
+    parser.add_argument(
+        "--ray-shard", action="store_true", help="also time shard hits through a real Ray Serve shard (starts Ray)"
+    )
     parser.add_argument("--budget-mb", type=float, default=2.0)
     parser.add_argument("--fill-chunks", type=int, default=5000)
     asyncio.run(run(parser.parse_args()))
