@@ -13,9 +13,10 @@ task (bounded: at most ``max_pending_writes`` tasks, each under a timeout), so t
 a write. Below L0 every key goes through single-flight, so concurrent requests missing the same chunk
 share one lookup and one tokenization: per process (``SingleFlight``) and per shard (a missed key is
 claimed on its shard for ``shard_claim_lease_s``; other replicas' lookups of it wait there, at most
-``shard_claim_wait_s``, until the owner's write-through puts it). A failing or slow tier counts as errors/misses for that tier and
-the lookup falls through; a value failing its checksum is counted as a corruption, treated as a miss and
-rewritten. Only a failure of the tokenizer itself reaches the caller.
+``shard_claim_wait_s``, until the owner's write-through puts it). A failing or slow tier counts as
+errors/misses for that tier and the lookup falls through; a value failing its checksum (shard, Redis)
+is counted as a corruption, treated as a miss and rewritten. Only a failure of the tokenizer itself
+reaches the caller.
 """
 
 from __future__ import annotations

@@ -88,10 +88,10 @@ async def test_two_clients_racing_on_the_same_keys_tokenize_them_once(shard_grou
     from tests.fakes.fake_tokenizer import FakeTokenizer
 
     tokenizer = FakeTokenizer(delay_s=0.1)
-    config = TokenCacheConfig(
-        shard_timeout_s=3.0, shard_claim_wait_s=2.0, write_timeout_s=3.0, max_cache_size_mb=0.001
+    config = TokenCacheConfig(shard_timeout_s=3.0, shard_claim_wait_s=2.0, write_timeout_s=3.0, max_cache_size_mb=0.001)
+    a, b = (
+        TokenCache(tokenizer, [ServeShardClient(h, timeout_s=3.0) for h in shard_group], None, config) for _ in "ab"
     )
-    a, b = (TokenCache(tokenizer, [ServeShardClient(h, timeout_s=3.0) for h in shard_group], None, config) for _ in "ab")
     race = chunks(6, "race")
     results = await asyncio.gather(*((a if i % 2 else b).get_tokens(race) for i in range(8)))
     expected = [tokenizer.encode(c.text) for c in race]
