@@ -9,7 +9,8 @@ Tiers measured through ``TokenCache.get_tokens`` (the path agents use, hashing a
          ``LocalShardClient`` (an in-process ``CacheShard``: no Ray hop; a Serve call adds its RPC time)
   ray    with ``--ray-shard``: the shard row again through a real Serve shard (a throwaway local Ray)
   redis  L0 disabled, no shards, hit in Redis (one MGET) at REDIS_URL or redis://127.0.0.1:6379/0
-against tokenizing the same five chunks with the tokenizer (batched and one by one). Then fills an L0
+against tokenizing the same five chunks with the tokenizer (batched and one by one) and against a full miss
+through ``TokenCache`` (no tier holds them: worker-thread tokenization, packing, write-back). Then fills an L0
 budget far past its size and reports bytes accounted and bytes actually held (tracemalloc).
 
 Timing: each path is warmed up first (``--warmup`` calls), then ``gc.collect()`` + ``gc.freeze()`` move
@@ -167,6 +168,11 @@ async def run(args: argparse.Namespace) -> None:
 
     rows.append(("tokenize (batch of 5)", timer.time_sync(lambda: tokenizer.encode_batch(texts))))
     rows.append(("tokenize (one by one)", timer.time_sync(lambda: [tokenizer.encode(t) for t in texts])))
+
+    # What an agent pays when no tier has the chunks: the same lookup path ending in tokenization (worker
+    # thread, packing, write-back). This, not the bare tokenizer call, is what a tier hit replaces.
+    miss_cache = TokenCache(tokenizer, [], None, TokenCacheConfig(max_cache_size_mb=tiny_l0))
+    rows.append(("miss: tokenized via TokenCache", await timer.time_async(lambda: miss_cache.get_tokens(chunks))))
 
     l0 = TokenCache(tokenizer, [], None, TokenCacheConfig())
     await l0.get_tokens(chunks)

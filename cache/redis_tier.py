@@ -101,7 +101,8 @@ class RedisTier:
         if not self.breaker.allow():
             raise BackendUnavailableError("redis circuit open")
         try:
-            result = await asyncio.wait_for(coro_fn(), timeout_s or self.timeout_s)
+            async with asyncio.timeout(timeout_s or self.timeout_s):  # no extra task, unlike wait_for
+                result = await coro_fn()
         except (asyncio.TimeoutError, TimeoutError) as err:
             self.breaker.record_failure()
             raise BackendTimeoutError(f"redis call exceeded {timeout_s or self.timeout_s}s") from err
