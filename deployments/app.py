@@ -116,6 +116,12 @@ class CacheArgs(BaseModel):
     shard_ttl_s: float | None = Field(default=7200.0, gt=0, description="Seconds a shard entry lives.")
     shard_num_cpus: float = Field(default=0.05, gt=0, description="Ray CPUs per shard replica.")
     shard_timeout_s: float = Field(default=0.25, gt=0, description="Timeout of one shard call.")
+    shard_claim_lease_s: float = Field(
+        default=0.5, gt=0, description="How long a replica's claim on a missed key holds (single-flight per shard)."
+    )
+    shard_claim_wait_s: float | None = Field(
+        default=None, ge=0, description="Most a lookup waits on another replica's claim; null: min(0.1, timeout / 2)."
+    )
     redis_url: str | None = Field(
         default=None, description=f"Redis URL; null: $REDIS_URL, else {DEFAULT_REDIS_URL}. 'none' disables Redis."
     )
@@ -278,6 +284,8 @@ def build(args: dict[str, Any] | None = None) -> Application:
                 redis_url=redis_url,
                 redis_timeout_s=cache.redis_timeout_s,
                 shard_timeout_s=cache.shard_timeout_s,
+                shard_claim_lease_s=cache.shard_claim_lease_s,
+                shard_claim_wait_s=cache.shard_claim_wait_s,
             ),
             llm_timeout_s=app_args.gateway.request_timeout_s,
             llm_fallback=pool.fallback,
