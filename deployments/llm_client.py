@@ -16,6 +16,7 @@ from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, 
 from ray.serve.handle import DeploymentHandle
 
 from llm import EngineDeadError, GenerateRequest, GenerateResult, InvalidRequestError, LLMUnavailableError, StreamDelta
+from routing.prefix_affinity import prefix_key
 
 __all__ = ["LLMPoolClient", "await_response"]
 
@@ -32,10 +33,24 @@ class LLMPoolClient:
         self._timeout_s = timeout_s
         self._retries = retries
 
+    def _handle_for(self, request: GenerateRequest) -> DeploymentHandle:
+        """The handle with the prompt's prefix key as Serve's ``session_id``.
+
+        Our router reads the token IDs itself; the session id lets Ray's own session-sticky routers
+        (``ConsistentHashRouter``) place requests by prefix too, so they can be configured and compared
+        on equal terms. A prompt without a key (shorter than one block) keeps Serve's per-request id.
+        """
+        try:
+            key = prefix_key(request.prompt_token_ids, context_end=request.prefix_len, cache_salt=request.cache_salt)
+        except ValueError:
+            key = None  # malformed IDs: the replica rejects the request with the field named
+        return self._handle if key is None else self._handle.options(session_id=key)
+
     async def generate(self, request: GenerateRequest) -> GenerateResult:
         last_err: BaseException | None = None
+        handle = self._handle_for(request)
         for attempt in range(self._retries + 1):
-            response = self._handle.generate.remote(request)
+            response = handle.generate.remote(request)
             try:
                 try:
                     return await asyncio.wait_for(await_response(response), timeout=self._timeout_s)
@@ -54,7 +69,7 @@ class LLMPoolClient:
 
     async def generate_stream(self, request: GenerateRequest) -> AsyncIterator[StreamDelta]:
         """Stream deltas; each delta must arrive within the timeout (a stalled stream is cancelled)."""
-        stream = self._handle.options(stream=True).generate_stream.remote(request)
+        stream = self._handle_for(request).options(stream=True).generate_stream.remote(request)
         iterator = stream.__aiter__()
         while True:
             try:
