@@ -96,7 +96,8 @@ def main(argv: list[str] | None = None) -> int:
     for name in args.routers.split(","):
         results[name] = run_router(name, ROUTERS[name], requests, warmup, args.concurrency,
                                    args.max_tokens, args.port, workdir, workdir / "store")
-        print(f"[routers] {name}: {json.dumps(results[name])}", file=sys.stderr, flush=True)
+        summary = {k: v for k, v in results[name].items() if k != "samples"}
+        print(f"[routers] {name}: {json.dumps(summary)}", file=sys.stderr, flush=True)
     report = {"workload": {"agents": agents, "requests": args.requests, "warmup": warmup, "warmup_all_topics": args.warmup_all_topics,
                            "concurrency": args.concurrency, "max_tokens": args.max_tokens, "seed": args.seed,
                            "zipf_s": 1.1, "llm_replicas": 2},
