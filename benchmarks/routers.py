@@ -32,8 +32,12 @@ ROUTERS: dict[str, str | None] = {
 
 
 def run_router(name: str, router_class: str | None, requests: list[tuple[str, dict]], warmup: int,
-               concurrency: int, max_tokens: int, port: int, workdir: Path, data_dir: Path) -> dict[str, Any]:
-    overrides = {"llm": {"router": {"request_router_class": router_class}}}
+               concurrency: int, max_tokens: int, port: int, workdir: Path, data_dir: Path,
+               router_kwargs: dict[str, Any] | None = None) -> dict[str, Any]:
+    router: dict[str, Any] = {"request_router_class": router_class}
+    if router_kwargs is not None:
+        router["request_router_kwargs"] = router_kwargs
+    overrides = {"llm": {"router": router}}
     app = AppProcess(env={"TCRAG_DATA_DIR": str(data_dir), "REDIS_URL": "none"},
                      log_path=workdir / f"serve-{name}.log", port=port, overrides=overrides)
     print(f"[routers] {name}: starting the app ...", file=sys.stderr, flush=True)
@@ -58,6 +62,7 @@ def run_router(name: str, router_class: str | None, requests: list[tuple[str, di
     ok = [r for r in results if r["ok"]]
     return {
         "router_class": router_class,
+        "router_kwargs": router_kwargs,
         "app_start_s": round(start_s, 1),
         "requests": len(results),
         "errors": len(results) - len(ok),
@@ -86,22 +91,33 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=8300)
     parser.add_argument("--routers", default=",".join(ROUTERS))
     parser.add_argument("--agents", default=",".join(AGENT_SPECS))
+    parser.add_argument("--prefix-router-kwargs", type=json.loads, default=None,
+                        help="JSON request_router_kwargs for prefix_affinity (default: serve_config.yaml's)")
+    parser.add_argument("--merge", action="store_true",
+                        help="keep the other routers' results in --out when its workload is the same")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/routers.json"))
     args = parser.parse_args(argv)
     agents = args.agents.split(",")
     requests = router_workload(args.warmup + args.requests, args.seed, agents, cover=args.warmup_all_topics)
     warmup = covered_warmup(agents, args.warmup) if args.warmup_all_topics else args.warmup
     workdir = Path(tempfile.mkdtemp(prefix="tcrag-routers-"))
+    workload = {"agents": agents, "requests": args.requests, "warmup": warmup,
+                "warmup_all_topics": args.warmup_all_topics, "concurrency": args.concurrency,
+                "max_tokens": args.max_tokens, "seed": args.seed, "zipf_s": 1.1, "llm_replicas": 2}
     results: dict[str, Any] = {}
+    if args.merge and args.out.exists():
+        previous = json.loads(args.out.read_text())
+        if previous.get("workload") == workload:
+            results.update(previous.get("routers", {}))
+        else:
+            print("[routers] --merge: the saved workload differs; not merging", file=sys.stderr)
     for name in args.routers.split(","):
+        kwargs = args.prefix_router_kwargs if name == "prefix_affinity" else None
         results[name] = run_router(name, ROUTERS[name], requests, warmup, args.concurrency,
-                                   args.max_tokens, args.port, workdir, workdir / "store")
+                                   args.max_tokens, args.port, workdir, workdir / "store", kwargs)
         summary = {k: v for k, v in results[name].items() if k != "samples"}
         print(f"[routers] {name}: {json.dumps(summary)}", file=sys.stderr, flush=True)
-    report = {"workload": {"agents": agents, "requests": args.requests, "warmup": warmup, "warmup_all_topics": args.warmup_all_topics,
-                           "concurrency": args.concurrency, "max_tokens": args.max_tokens, "seed": args.seed,
-                           "zipf_s": 1.1, "llm_replicas": 2},
-              "routers": results}
+    report = {"workload": workload, "routers": results}
     base = results.get("ray_default", {}).get("p50_ms")
     ours = results.get("prefix_affinity", {}).get("p50_ms")
     if base and ours:
