@@ -8,7 +8,7 @@ Configure it on the LLM deployment (``serve_config.yaml``)::
 
     request_router_config:
       request_router_class: deployments.prefix_router:PrefixAffinityRouter
-      request_router_kwargs: {load_factor: 1.25, block_size: 16, max_blocks: 64, vnodes: 128}
+      request_router_kwargs: {load_factor: 2.0, block_size: 16, max_blocks: 64, vnodes: 128}
 
 One router instance runs in every process that holds a handle to the LLM deployment (each agent
 replica, the gateway, the proxy); they agree on the owner of a key without talking to each other
@@ -26,6 +26,7 @@ from ray.util import metrics
 
 from routing.prefix_affinity import (
     DEFAULT_BLOCK_SIZE,
+    DEFAULT_LOAD_FACTOR,
     DEFAULT_MAX_BLOCKS,
     PrefixAffinityPolicy,
     extract_prompt_tokens,
@@ -46,7 +47,7 @@ class PrefixRouterConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     load_factor: float = Field(
-        default=1.25,
+        default=DEFAULT_LOAD_FACTOR,
         ge=1.0,
         description="c in the load bound ceil(c * (in_flight + 1) / replicas); 1.0 is strict balance.",
     )

@@ -105,8 +105,11 @@ async def test_overloaded_owner_overflows_and_no_key_goes_to_least_loaded() -> N
     replicas = _replicas("a", "b")
     owner = PrefixAffinityPolicy().owner(["a", "b"], prefix_key(CONTEXT))
     other = "b" if owner == "a" else "a"
-    router = _router(replicas, {owner: 4, other: 0})  # bound = ceil(1.25 * 5 / 2) = 4
+    router = _router(replicas, {owner: 4, other: 0}, load_factor=1.25)  # bound = ceil(1.25 * 5 / 2) = 4
     assert _ids(await _choose(router, replicas, _pending(list(CONTEXT))))[0] == [other]
+    # The default c=2 with two replicas: bound = ceil(2 * 5 / 2) = 5, so the owner keeps its prefix.
+    router = _router(replicas, {owner: 4, other: 0})
+    assert _ids(await _choose(router, replicas, _pending(list(CONTEXT))))[0] == [owner]
 
     router = _router(replicas, {"a": 3, "b": 1})
     assert _ids(await _choose(router, replicas, _pending("text, not tokens"))) == [["b"], ["a"]]
