@@ -100,7 +100,7 @@ def cache_stats(base_url: str) -> dict[str, Any]:
 
 def redis_totals(base_url: str) -> dict[str, int]:
     """The Redis tier's counters summed over every agent replica (the agents' view of L2)."""
-    totals = {"hits": 0, "misses": 0, "errors": 0, "corruptions": 0, "timeouts": 0}
+    totals = {"hits": 0, "misses": 0, "errors": 0, "corruptions": 0, "timeouts": 0, "skipped_calls": 0}
     for agent in cache_stats(base_url)["agents"].values():
         for tiers in agent["tiers"]:
             for key in totals:
@@ -211,9 +211,12 @@ def test_redis_stopped_and_restarted_mid_load(app, base_url, redis_server):
         http_json("POST", f"{base_url}/v1/cache/invalidate", {"collection": "support_kb"})
         keep_loading(load, more_ok=6)
         after = redis_totals(base_url)
-        # Calls may still time out on a CPU-starved machine (that is slowness, counted apart); none may fail.
-        assert after["errors"] - after["timeouts"] == back["errors"] - back["timeouts"], (
-            f"Redis still failing after restart: {back} -> {after}")
+        # Calls may still time out on a CPU-starved machine (slowness, counted apart), and a timed-out probe
+        # keeps that agent's breaker open for a cooldown (calls skipped, counted apart); none may fail.
+        def failures(totals: dict[str, int]) -> int:
+            return totals["errors"] - totals["timeouts"] - totals["skipped_calls"]
+
+        assert failures(after) == failures(back), f"Redis still failing after restart: {back} -> {after}"
         assert after["hits"] + after["misses"] > back["hits"] + back["misses"], "L2 not looked up after restart"
     finally:
         if not redis_server.running:
