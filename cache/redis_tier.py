@@ -115,6 +115,11 @@ class RedisTier:
         self.breaker.record_success()
         return result
 
+    def _count_error(self, err: BackendUnavailableError | BackendTimeoutError) -> None:
+        """One failed or skipped call; a timeout is also counted apart (slowness, not failure)."""
+        self.counters.errors += 1
+        self.timeouts += isinstance(err, BackendTimeoutError)
+
     async def get_many(self, keys: Sequence[str]) -> dict[str, bytes]:
         """One MGET; found values only. On failure: empty dict, counted as errors (misses)."""
         if not keys:
@@ -124,8 +129,7 @@ class RedisTier:
         try:
             values = await self._call(lambda: self._client.mget(keys))
         except (BackendUnavailableError, BackendTimeoutError) as err:
-            self.counters.errors += 1
-            self.timeouts += isinstance(err, BackendTimeoutError)
+            self._count_error(err)
             self.counters.misses += len(keys)
             logger.debug("redis get_many skipped: %s", err)
             return {}
@@ -163,8 +167,7 @@ class RedisTier:
         try:
             await self._call(run, max(self.timeout_s, 1.0))  # a background write: not on any request's path
         except (BackendUnavailableError, BackendTimeoutError) as err:
-            self.counters.errors += 1
-            self.timeouts += isinstance(err, BackendTimeoutError)
+            self._count_error(err)
             logger.debug("redis put_many skipped: %s", err)
             return False
         return True
@@ -201,8 +204,7 @@ class RedisTier:
             # Keys are content-addressed, so a leftover entry can never be served for changed text; it
             # only holds memory until its TTL. Log and go on rather than failing the caller.
             logger.warning("redis invalidate %s/%s failed: %s", collection, doc_id, err)
-            self.counters.errors += 1
-            self.timeouts += isinstance(err, BackendTimeoutError)
+            self._count_error(err)
             return 0
 
     async def invalidate_all(self) -> int:
@@ -211,8 +213,7 @@ class RedisTier:
             return await self._scan_delete(_ALL_PATTERN)
         except (BackendUnavailableError, BackendTimeoutError) as err:
             logger.warning("redis invalidate_all failed: %s", err)
-            self.counters.errors += 1
-            self.timeouts += isinstance(err, BackendTimeoutError)
+            self._count_error(err)
             return 0
 
     def stats_dict(self) -> dict:
