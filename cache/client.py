@@ -340,7 +340,7 @@ class TokenCache:
                     result[key] = (list(ids), TOKENIZED)
                     compact[key] = compact_ids(ids)
                     if key in shard_need or key in redis_need:  # packed only if it is written through
-                        raw_ok[key] = encode_tokens(ids)
+                        raw_ok[key] = encode_tokens(compact[key])  # from the array: no second pass over ints
                     self._tokens_tokenized += len(ids)
 
         # Write back: L0 now (so later requests hit before single-flight is released), lower tiers by a
