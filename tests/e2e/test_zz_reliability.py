@@ -318,13 +318,15 @@ def test_corrupted_redis_entry_is_detected_rebuilt_and_counted(app, base_url, re
     assert status == 200, body
     key = _fresh_chunk_key(app, redis_server, collection, doc_id)
     before = redis_totals(base_url)
+    # Garbage where the chunk's IDs will be looked up, before any request can retrieve the new chunk: no
+    # other tier has it yet, so whichever request retrieves it first (the background load's or ours)
+    # reads this value from Redis. Setting it after the load started raced with load requests that
+    # retrieved the chunk, cached it in L0 and the shard and so never read Redis again.
+    garbage = b"\x00garbage\xff" * 7
+    client.set(key, garbage)
+    corrupted_at = time.monotonic()
     load = start_load(base_url)
     try:
-        # Garbage where the chunk's IDs will be looked up: no other tier has the new chunk yet, so the
-        # first request that retrieves it reads this value from Redis.
-        garbage = b"\x00garbage\xff" * 7
-        client.set(key, garbage)
-        corrupted_at = time.monotonic()
         status, answer = http_json("POST", f"{base_url}{SUPPORT}",
                                    {"query": text, "max_tokens": MAX_TOKENS, "top_k": 3}, timeout_s=REQUEST_TIMEOUT_S)
         assert status == 200, answer
