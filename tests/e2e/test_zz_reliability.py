@@ -303,54 +303,79 @@ def _fresh_chunk_key(app: Any, redis_server: Any, collection: str, doc_id: str) 
     return key
 
 
+CORRUPTION_ATTEMPTS = 3
+
+
 def test_corrupted_redis_entry_is_detected_rebuilt_and_counted(app, base_url, redis_server):
+    """A garbage value under a chunk's Redis key is detected, counted, rewritten, and costs no request.
+
+    The Redis tier's calls have a 50 ms budget, so under load on 2 cores the one read that would see the
+    garbage can time out (or be skipped by an open breaker). The agent then treats it as a miss, tokenizes
+    and writes the right value over the garbage. That is correct, but it never reads the garbage. Such an
+    attempt is retried with a new probe document, so a new key that no tier holds yet. An attempt whose read
+    neither timed out nor was skipped must count the corruption.
+    """
     from cache.codec import decode_tokens
     from cache.exceptions import CorruptEntryError
 
     client = redis_client(redis_server)
-    collection, doc_id = "support_kb", "corruption-probe"
-    text = ("Corruption probe: the zebra-striped router reboots when the moon is full. "
-            "Hold the blue button for twelve seconds to recover it.")
+    collection = "support_kb"
+    garbage = b"\x00garbage\xff" * 7
     # Warm the collection so Redis holds its entries (and we can read the tokenizer fingerprint).
     http_json("POST", f"{base_url}/v1/cache/warmup", {"collection": collection}, timeout_s=300)
-    status, body = http_json("PUT", f"{base_url}/v1/collections/{collection}/documents",
-                             {"documents": [{"id": doc_id, "text": text}]})
-    assert status == 200, body
-    key = _fresh_chunk_key(app, redis_server, collection, doc_id)
-    before = redis_totals(base_url)
-    # Garbage where the chunk's IDs will be looked up, before any request can retrieve the new chunk: no
-    # other tier has it yet, so whichever request retrieves it first (the background load's or ours)
-    # reads this value from Redis. Setting it after the load started raced with load requests that
-    # retrieved the chunk, cached it in L0 and the shard and so never read Redis again.
-    garbage = b"\x00garbage\xff" * 7
-    client.set(key, garbage)
-    corrupted_at = time.monotonic()
     load = start_load(base_url)
+    attempts: list[dict[str, int]] = []
+    counted = False
     try:
-        status, answer = http_json("POST", f"{base_url}{SUPPORT}",
-                                   {"query": text, "max_tokens": MAX_TOKENS, "top_k": 3}, timeout_s=REQUEST_TIMEOUT_S)
-        assert status == 200, answer
-        assert any(s.startswith(doc_id) for s in answer["sources"]), answer["sources"]
-        deadline = time.monotonic() + 30
-        value = client.get(key)
-        while value == garbage and time.monotonic() < deadline:  # the rewrite is a background write-through
-            time.sleep(0.2)
-            value = client.get(key)
-        rebuilt_s = time.monotonic() - corrupted_at
+        for attempt in range(CORRUPTION_ATTEMPTS):
+            doc_id = f"corruption-probe-{attempt}"
+            text = (f"Corruption probe {attempt}: the zebra-striped router reboots when the moon is full. "
+                    f"Hold the blue button for {12 + attempt} seconds to recover it.")
+            status, body = http_json("PUT", f"{base_url}/v1/collections/{collection}/documents",
+                                     {"documents": [{"id": doc_id, "text": text}]})
+            assert status == 200, body
+            try:
+                # Garbage where the new chunk's IDs will be looked up: no tier holds its key yet (keys are
+                # content-addressed, and adding a document tokenizes nothing), so the first request that
+                # retrieves the chunk asks Redis for it.
+                key = _fresh_chunk_key(app, redis_server, collection, doc_id)
+                before = redis_totals(base_url)
+                client.set(key, garbage)
+                corrupted_at = time.monotonic()
+                status, answer = http_json("POST", f"{base_url}{SUPPORT}",
+                                           {"query": text, "max_tokens": MAX_TOKENS, "top_k": 3},
+                                           timeout_s=REQUEST_TIMEOUT_S)
+                assert status == 200, answer
+                assert any(s.startswith(doc_id) for s in answer["sources"]), answer["sources"]
+                deadline = time.monotonic() + 30
+                value = client.get(key)
+                while value == garbage and time.monotonic() < deadline:  # a background write-through
+                    time.sleep(0.2)
+                    value = client.get(key)
+                rebuilt_s = time.monotonic() - corrupted_at
+                after = redis_totals(base_url)
+            finally:
+                http_json("DELETE", f"{base_url}/v1/collections/{collection}/documents/{doc_id}")
+            delta = {k: after[k] - before[k] for k in ("corruptions", "timeouts", "skipped_calls", "errors")}
+            attempts.append(delta)
+            if delta["corruptions"] > 0:
+                assert value != garbage, f"the corrupted entry was not rewritten (attempt {attempt}: {delta})"
+                counted = True
+                break
+            # Not counted: only a read that never reached Redis (timed out or skipped) may explain it.
+            assert delta["timeouts"] + delta["skipped_calls"] > 0, (
+                f"the corrupted entry was not counted, and no Redis call timed out or was skipped: {delta}")
         keep_loading(load, more_ok=4)
     finally:
         load.stop()
-        http_json("DELETE", f"{base_url}/v1/collections/{collection}/documents/{doc_id}")
-    after = redis_totals(base_url)
-    assert after["corruptions"] > before["corruptions"], "the corrupted entry was not counted"
-    assert value != garbage, "the corrupted entry was not rewritten"
+    assert counted, f"every attempt's Redis read timed out or was skipped: {attempts}"
     try:
         ids = decode_tokens(value)
     except CorruptEntryError as err:  # pragma: no cover - the assertion message is the point
         raise AssertionError(f"rewritten entry is still corrupt: {err}") from err
     assert len(ids) > 10
-    record(app, "redis_entry_corrupted", load, corruptions_counted=after["corruptions"] - before["corruptions"],
-           rebuilt_after_s=rebuilt_s, rebuilt_tokens=len(ids))
+    record(app, "redis_entry_corrupted", load, corruptions_counted=delta["corruptions"],
+           rebuilt_after_s=rebuilt_s, rebuilt_tokens=len(ids), attempts=len(attempts))
     assert_no_failures(load)
 
 
