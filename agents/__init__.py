@@ -1,7 +1,7 @@
 """The six RAG agents as plain classes (no Ray, no network, no model): prompt, collection, request
 schema and post-processing per agent, on the contract in `agents.base`."""
 
-from agents.base import Agent, AgentCacheSettings, AgentRequest, RetrievedSource
+from agents.base import Agent, AgentCacheSettings, AgentRequest
 from agents.business import BusinessGenerationAgent, BusinessRequest
 from agents.code_review import CodeReviewAgent, CodeReviewRequest
 from agents.documentation import DocumentationAgent, DocumentationRequest
@@ -23,7 +23,6 @@ __all__ = [
     "DocumentationRequest",
     "QAAgent",
     "QARequest",
-    "RetrievedSource",
     "SEDarwinAgent",
     "SEDarwinRequest",
     "SupportAgent",

@@ -2,8 +2,9 @@
 
 An agent is a plain class: its collection, system prompt, request schema, how a request becomes a
 retrieval query and a user message, and how the model's text becomes a structured output. Retrieval,
-the token cache, prompt assembly and generation are shared (``cache.token_cached_rag``) and the Serve
-wrapper is in ``deployments/agent.py``.
+the token cache, prompt assembly and generation are shared (``rag.pipeline``, which calls ``postprocess``
+with the retrieved chunks as ``retrieval.models.SearchHit``) and the Serve wrapper is in
+``deployments/agent.py``.
 """
 
 from __future__ import annotations
@@ -14,7 +15,10 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
-__all__ = ["AgentRequest", "AgentCacheSettings", "RetrievedSource", "Agent"]
+from retrieval.models import DEFAULT_TOP_K, MAX_TOP_K, SearchHit
+
+
+__all__ = ["AgentRequest", "AgentCacheSettings", "Agent"]
 
 MAX_QUERY_CHARS = 4_000
 MAX_CODE_CHARS = 20_000
@@ -25,7 +29,7 @@ class AgentRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    top_k: int = Field(default=5, ge=1, le=20, description="Chunks to retrieve as context.")
+    top_k: int = Field(default=DEFAULT_TOP_K, ge=1, le=MAX_TOP_K, description="Chunks to retrieve as context.")
     max_tokens: int = Field(default=128, ge=1, le=1024, description="Most tokens to generate.")
     temperature: float = Field(default=0.0, ge=0.0, le=2.0, description="Sampling temperature; 0 is greedy.")
     stream: bool = Field(default=False, description="Answer with server-sent events.")
@@ -49,17 +53,6 @@ class AgentCacheSettings:
     max_cache_size_mb: int
 
 
-@dataclass(frozen=True, slots=True)
-class RetrievedSource:
-    """A retrieved chunk as post-processing sees it."""
-
-    chunk_id: str
-    doc_id: str
-    title: str
-    text: str
-    score: float
-
-
 class Agent(abc.ABC):
     """One agent's specifics. Subclasses set the class attributes and implement the three methods."""
 
@@ -79,5 +72,5 @@ class Agent(abc.ABC):
         """The user turn of the prompt (the part that differs per request; it comes after the context)."""
 
     @abc.abstractmethod
-    def postprocess(self, text: str, sources: list[RetrievedSource], request: AgentRequest) -> Any:
+    def postprocess(self, text: str, sources: list[SearchHit], request: AgentRequest) -> Any:
         """Turn the model's text into this agent's JSON output. Must never raise on odd model output."""

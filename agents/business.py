@@ -8,9 +8,10 @@ from typing import Any, ClassVar
 
 from pydantic import Field
 
-from agents.base import Agent, AgentCacheSettings, AgentRequest, RetrievedSource
+from agents.base import Agent, AgentCacheSettings, AgentRequest
 from agents.fields import QueryText
 from agents.text import clean_model_text, first_paragraph, markdown_section, split_items
+from retrieval.models import SearchHit
 
 __all__ = ["BusinessRequest", "BusinessGenerationAgent", "IDEA_FIELDS", "parse_labelled_idea"]
 
@@ -86,7 +87,7 @@ class BusinessGenerationAgent(Agent):
     def user_message(self, request: AgentRequest) -> str:
         return f"Brief: {getattr(request, 'brief', '')}"
 
-    def postprocess(self, text: str, sources: list[RetrievedSource], request: AgentRequest) -> dict[str, Any]:
+    def postprocess(self, text: str, sources: list[SearchHit], request: AgentRequest) -> dict[str, Any]:
         """`{"title", "target_customer", "problem", "offer", "pricing_model", "channels": [..],
         "key_metrics": [..], "risks": [..], "template": doc_id, "raw": text}`, every field non-empty."""
         brief = getattr(request, "brief", "") or ""
@@ -142,7 +143,7 @@ def _one_line(text: str) -> str:
 
 
 def _fill_from_template(
-    parsed: dict[str, str | list[str]], sources: list[RetrievedSource], brief: str, raw: str
+    parsed: dict[str, str | list[str]], sources: list[SearchHit], brief: str, raw: str
 ) -> dict[str, Any]:
     best = max(sources, key=lambda s: s.score) if sources else None
     # The best template's chunks first, then the other retrieved chunks in retrieval order.

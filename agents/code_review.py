@@ -8,10 +8,11 @@ from typing import Any, ClassVar
 
 from pydantic import Field, field_validator
 
-from agents.base import Agent, AgentCacheSettings, AgentRequest, RetrievedSource
+from agents.base import Agent, AgentCacheSettings, AgentRequest
 from agents.fields import CodeText
 from agents.review_checks import run_checks
 from agents.text import clean_model_text, markdown_section, resolve_document, slug
+from retrieval.models import SearchHit
 
 __all__ = ["LANGUAGES", "SEVERITIES", "CodeReviewRequest", "CodeReviewAgent", "parse_findings"]
 
@@ -93,7 +94,7 @@ class CodeReviewAgent(Agent):
         numbered = "\n".join(f"{i:>{width}} | {line}" for i, line in enumerate(lines, 1))
         return f"Review this {language} code (line numbers on the left):\n```{language}\n{numbered}\n```"
 
-    def postprocess(self, text: str, sources: list[RetrievedSource], request: AgentRequest) -> dict[str, Any]:
+    def postprocess(self, text: str, sources: list[SearchHit], request: AgentRequest) -> dict[str, Any]:
         """`{"findings": [{"line": int | None, "severity", "pattern", "suggestion"}], "summary": str}`."""
         code = getattr(request, "code", "") or ""
         language = getattr(request, "language", "") or ""
@@ -112,7 +113,7 @@ class CodeReviewAgent(Agent):
         return {"findings": findings, "summary": _summary(findings, cleaned)}
 
 
-def parse_findings(text: str, sources: list[RetrievedSource], num_lines: int) -> list[dict[str, Any]]:
+def parse_findings(text: str, sources: list[SearchHit], num_lines: int) -> list[dict[str, Any]]:
     """Findings in lines like `line 3 [high] mutable-default-argument: use None` (also `L3`, `(high)`,
     markdown bullets, a missing line number). Line numbers outside the code become None; a pattern that
     names a retrieved document becomes its id."""
@@ -145,7 +146,7 @@ def parse_findings(text: str, sources: list[RetrievedSource], num_lines: int) ->
     return findings
 
 
-def _checked_findings(code: str, language: str, sources: list[RetrievedSource]) -> list[dict[str, Any]]:
+def _checked_findings(code: str, language: str, sources: list[SearchHit]) -> list[dict[str, Any]]:
     findings = []
     for hit in run_checks(code, language):
         doc_id = resolve_document(hit.pattern, sources)
@@ -158,7 +159,7 @@ def _checked_findings(code: str, language: str, sources: list[RetrievedSource]) 
     return findings
 
 
-def _source_severity(doc_id: str | None, sources: list[RetrievedSource]) -> str | None:
+def _source_severity(doc_id: str | None, sources: list[SearchHit]) -> str | None:
     """The first bold severity word in the retrieved pattern's `## Severity` section, if retrieved."""
     for source in sources:
         if doc_id and source.doc_id == doc_id:

@@ -7,9 +7,10 @@ from typing import Any, ClassVar
 
 from pydantic import Field
 
-from agents.base import Agent, AgentCacheSettings, AgentRequest, RetrievedSource
+from agents.base import Agent, AgentCacheSettings, AgentRequest
 from agents.fields import QueryText
 from agents.text import clean_model_text, first_paragraph, mentioned_documents
+from retrieval.models import SearchHit
 
 __all__ = ["DocumentationRequest", "DocumentationAgent"]
 
@@ -46,7 +47,7 @@ class DocumentationAgent(Agent):
     def user_message(self, request: AgentRequest) -> str:
         return f"Question about the documentation: {getattr(request, 'query', '')}"
 
-    def postprocess(self, text: str, sources: list[RetrievedSource], request: AgentRequest) -> dict[str, Any]:
+    def postprocess(self, text: str, sources: list[SearchHit], request: AgentRequest) -> dict[str, Any]:
         """`{"answer": str, "sections": [{"doc_id", "title", "chunk_id", "score"}]}`. An empty answer
         falls back to the best section's opening paragraph."""
         try:
@@ -56,7 +57,7 @@ class DocumentationAgent(Agent):
             return {"answer": clean_model_text(text), "sections": []}
 
 
-def _answer_with_sections(text: str, sources: list[RetrievedSource]) -> dict[str, Any]:
+def _answer_with_sections(text: str, sources: list[SearchHit]) -> dict[str, Any]:
     answer = clean_model_text(text)
     if not answer:
         if sources:

@@ -8,9 +8,10 @@ from typing import Any, ClassVar
 
 from pydantic import Field, field_validator
 
-from agents.base import Agent, AgentCacheSettings, AgentRequest, RetrievedSource
+from agents.base import Agent, AgentCacheSettings, AgentRequest
 from agents.fields import CodeText
 from agents.text import clean_model_text, code_blocks, code_identifiers
+from retrieval.models import SearchHit
 
 __all__ = ["TEST_TYPES", "QARequest", "QAAgent", "split_tests", "skeleton_tests"]
 
@@ -74,7 +75,7 @@ class QAAgent(Agent):
         test_type = getattr(request, "test_type", "unit")
         return f"Write {test_type} tests for this code:\n```\n{getattr(request, 'code', '')}\n```"
 
-    def postprocess(self, text: str, sources: list[RetrievedSource], request: AgentRequest) -> dict[str, Any]:
+    def postprocess(self, text: str, sources: list[SearchHit], request: AgentRequest) -> dict[str, Any]:
         """`{"tests": [{"name": str, "code": str}, ...], "test_type": str}`, never an empty list."""
         test_type = getattr(request, "test_type", "unit")
         try:
@@ -170,7 +171,7 @@ def _unique_names(tests: list[dict[str, str]]) -> list[dict[str, str]]:
     return tests
 
 
-def skeleton_tests(code: str, test_type: str, sources: list[RetrievedSource]) -> list[dict[str, str]]:
+def skeleton_tests(code: str, test_type: str, sources: list[SearchHit]) -> list[dict[str, str]]:
     """One placeholder test per function the code defines (up to three), naming the best template to
     follow; valid Python that fails loudly until its TODOs are filled in."""
     best = max(sources, key=lambda s: s.score) if sources else None

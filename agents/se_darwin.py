@@ -8,10 +8,11 @@ from typing import Any, ClassVar
 
 from pydantic import Field
 
-from agents.base import Agent, AgentCacheSettings, AgentRequest, RetrievedSource
+from agents.base import Agent, AgentCacheSettings, AgentRequest
 from agents.fields import CodeText, QueryText
 from agents.text import best_per_document, clean_model_text, code_blocks, first_paragraph, markdown_section
 from agents.text import resolve_document
+from retrieval.models import SearchHit
 
 __all__ = ["SEDarwinRequest", "SEDarwinAgent", "parse_operator_sections"]
 
@@ -66,7 +67,7 @@ class SEDarwinAgent(Agent):
             f"Candidate:\n```\n{getattr(request, 'candidate', '')}\n```"
         )
 
-    def postprocess(self, text: str, sources: list[RetrievedSource], request: AgentRequest) -> dict[str, Any]:
+    def postprocess(self, text: str, sources: list[SearchHit], request: AgentRequest) -> dict[str, Any]:
         """`{"operators": [doc_id, ...], "variants": [{"operator", "title", "code", "rationale"}]}`."""
         candidate = getattr(request, "candidate", "") or ""
         # By score, not the given order: the prompt may hold chunks in a canonical (prefix-stable) order.
@@ -99,7 +100,7 @@ class SEDarwinAgent(Agent):
         return {"operators": chosen, "variants": variants}
 
 
-def parse_operator_sections(text: str, sources: list[RetrievedSource]) -> dict[str, tuple[str, str]]:
+def parse_operator_sections(text: str, sources: list[SearchHit]) -> dict[str, tuple[str, str]]:
     """(code, rationale) per retrieved operator the model labelled, in the model's order. A section
     starts at a line like `Operator: memoization-insertion`, `### Variant 2 - Early Return Refactor` or a
     heading naming an operator, and runs to the next such line. Labels that name no retrieved operator
@@ -122,7 +123,7 @@ def parse_operator_sections(text: str, sources: list[RetrievedSource]) -> dict[s
     return {doc_id: _code_and_rationale("\n".join(body)) for doc_id, body in sections.items()}
 
 
-def _label_of(line: str, sources: list[RetrievedSource]) -> str | None:
+def _label_of(line: str, sources: list[SearchHit]) -> str | None:
     """None when `line` is not a section label; "" for a label naming no retrieved operator; else the id."""
     match = _LABEL.match(line)
     if match:
@@ -160,7 +161,7 @@ def _code_and_rationale(body: str) -> tuple[str, str]:
     return code, " ".join(part.strip() for part in rationale_lines if part.strip())
 
 
-def _annotated(candidate: str, source: RetrievedSource) -> str:
+def _annotated(candidate: str, source: SearchHit) -> str:
     comment = "#" if "def " in candidate or "{" not in candidate else "//"
     return (
         f"{comment} operator: {source.doc_id} ({source.title}): no variant generated; candidate unchanged\n"
@@ -168,7 +169,7 @@ def _annotated(candidate: str, source: RetrievedSource) -> str:
     )
 
 
-def _fallback_rationale(source: RetrievedSource) -> str:
+def _fallback_rationale(source: SearchHit) -> str:
     when = markdown_section(source.text, "When to use")
     hint = (when.split("\n")[0].lstrip("-* ").strip() if when else "") or first_paragraph(source.text)
     return f"The model wrote no variant for {source.title}; apply it by hand. {hint}".strip()

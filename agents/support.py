@@ -7,9 +7,10 @@ from typing import Any, ClassVar
 
 from pydantic import Field
 
-from agents.base import Agent, AgentCacheSettings, AgentRequest, RetrievedSource
+from agents.base import Agent, AgentCacheSettings, AgentRequest
 from agents.fields import QueryText
 from agents.text import best_per_document, clean_model_text, first_paragraph, mentioned_documents
+from retrieval.models import SearchHit
 
 __all__ = ["SupportRequest", "SupportAgent"]
 
@@ -45,7 +46,7 @@ class SupportAgent(Agent):
     def user_message(self, request: AgentRequest) -> str:
         return f"Customer question: {getattr(request, 'query', '')}"
 
-    def postprocess(self, text: str, sources: list[RetrievedSource], request: AgentRequest) -> dict[str, Any]:
+    def postprocess(self, text: str, sources: list[SearchHit], request: AgentRequest) -> dict[str, Any]:
         """`{"answer": str, "citations": [{"doc_id", "title", "chunk_id"}]}`. An empty answer falls back
         to the best article's opening paragraph, so the answer is never empty when anything was found."""
         try:
@@ -55,7 +56,7 @@ class SupportAgent(Agent):
             return {"answer": clean_model_text(text), "citations": []}
 
 
-def _answer_with_citations(text: str, sources: list[RetrievedSource]) -> dict[str, Any]:
+def _answer_with_citations(text: str, sources: list[SearchHit]) -> dict[str, Any]:
     answer = clean_model_text(text)
     articles = best_per_document(sources)
     if not answer:

@@ -9,7 +9,8 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Sequence
 
-from agents.base import RetrievedSource
+from retrieval.models import SearchHit
+
 
 __all__ = [
     "clean_model_text",
@@ -133,9 +134,9 @@ def code_identifiers(code: str, limit: int = 8) -> list[str]:
     return seen[:limit]
 
 
-def best_per_document(sources: Sequence[RetrievedSource]) -> list[RetrievedSource]:
+def best_per_document(sources: Sequence[SearchHit]) -> list[SearchHit]:
     """One source per document (its highest-scoring chunk), documents in order of first appearance."""
-    seen: dict[str, RetrievedSource] = {}
+    seen: dict[str, SearchHit] = {}
     for source in sources:
         kept = seen.get(source.doc_id)
         if kept is None or source.score > kept.score:
@@ -148,7 +149,7 @@ def slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
 
 
-def mentioned_documents(text: str, sources: Iterable[RetrievedSource]) -> list[str]:
+def mentioned_documents(text: str, sources: Iterable[SearchHit]) -> list[str]:
     """Ids of the documents whose id or title `text` mentions (case-insensitive), in source order."""
     lowered = text.lower()
     flat = slug(text)
@@ -162,7 +163,7 @@ def mentioned_documents(text: str, sources: Iterable[RetrievedSource]) -> list[s
     return found
 
 
-def resolve_document(label: str, sources: Iterable[RetrievedSource]) -> str | None:
+def resolve_document(label: str, sources: Iterable[SearchHit]) -> str | None:
     """The id of the source document a free-text label names (by id, title or slug), else None."""
     wanted = slug(label)
     if not wanted:

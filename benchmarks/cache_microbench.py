@@ -29,13 +29,14 @@ import os
 import statistics
 import time
 import tracemalloc
+from collections.abc import Iterator
 from pathlib import Path
 
-from cache.client import TokenCache, TokenCacheConfig
+from cache import TokenCache, TokenCacheConfig
 from cache.keys import ChunkRef
 from cache.redis_tier import RedisTier
 from cache.shard import CacheShard, LocalShardClient
-from cache.tokenizers import HuggingFaceTokenizer, TiktokenTokenizer, TokenizerBackend
+from tokenization import HuggingFaceTokenizer, TiktokenTokenizer, TokenizerBackend
 
 DATA = Path(__file__).resolve().parent.parent / "data"
 
@@ -74,44 +75,37 @@ class Timer:
         self.warmup = warmup
         self.disable_gc = disable_gc
 
-    def _before(self) -> None:
+    def _timed(self, out: list[float]) -> Iterator[None]:
+        """Yield once per timed iteration, with the collector frozen (or disabled); the time from each
+        yield to the next resume lands in ``out`` in ms."""
         gc.collect()
         gc.freeze()
         if self.disable_gc:
             gc.disable()
-
-    def _after(self) -> None:
-        gc.enable()
-        gc.unfreeze()
+        clock = time.perf_counter
+        try:
+            for i in range(self.iterations):
+                t0 = clock()
+                yield
+                out[i] = (clock() - t0) * 1000
+        finally:
+            gc.enable()
+            gc.unfreeze()
 
     async def time_async(self, fn) -> list[float]:
         for _ in range(self.warmup):
             await fn()
         out = [0.0] * self.iterations
-        clock = time.perf_counter
-        self._before()
-        try:
-            for i in range(self.iterations):
-                t0 = clock()
-                await fn()
-                out[i] = (clock() - t0) * 1000
-        finally:
-            self._after()
+        for _ in self._timed(out):
+            await fn()
         return out
 
     def time_sync(self, fn) -> list[float]:
         for _ in range(max(1, self.warmup // 10)):
             fn()
         out = [0.0] * self.iterations
-        clock = time.perf_counter
-        self._before()
-        try:
-            for i in range(self.iterations):
-                t0 = clock()
-                fn()
-                out[i] = (clock() - t0) * 1000
-        finally:
-            self._after()
+        for _ in self._timed(out):
+            fn()
         return out
 
 

@@ -13,7 +13,7 @@ import json
 import time
 
 from benchmarks.workloads import AGENT_SPECS, build_topics
-from tests.support.app_process import http_json
+from testbed.app_process import http_json
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -18,17 +18,18 @@ import os
 import sys
 import tempfile
 import time
-from functools import partial
 from pathlib import Path
 
 import numpy as np
 
-from retrieval.chunker import chunk_text
+from retrieval.config import RetrievalConfig
 from retrieval.embedder import SentenceTransformerEmbedder
 from retrieval.index import ExactCosineIndex
+from retrieval.models import Document, StoreLimits
 from retrieval.samples import SAMPLE_COLLECTIONS, read_folder
-from retrieval.store import CollectionStore, Document, StoreLimits
+from retrieval.store import CollectionStore
 from retrieval.tokens import make_token_counter
+from settings.paths import repo_data_dir
 
 DIM = 384
 
@@ -38,7 +39,7 @@ def percentile_ms(samples: list[float], q: float) -> float:
 
 
 def bench_ingest(data_dir: Path, db_dir: Path, embedder: SentenceTransformerEmbedder) -> dict:
-    chunker = partial(chunk_text, count_tokens=make_token_counter(), target_tokens=384, max_tokens=512)
+    chunker = RetrievalConfig().chunker(make_token_counter())  # the app's default chunk sizes
     docs: list[tuple[str, Document]] = []
     for name in SAMPLE_COLLECTIONS:
         if (data_dir / name).is_dir():
@@ -142,7 +143,7 @@ def bench_query_embedding(embedder: SentenceTransformerEmbedder, n: int = 50) ->
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.retrieval_bench", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data-dir", type=Path, default=Path("data"))
+    parser.add_argument("--data-dir", type=Path, default=repo_data_dir(), help="default: the repo's data/")
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
     parser.add_argument("--queries", type=int, default=500)
     parser.add_argument("--out", type=Path, default=None, help="also write the results as JSON here")

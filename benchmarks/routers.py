@@ -22,7 +22,7 @@ from typing import Any
 
 from benchmarks.stats import percentile
 from benchmarks.workloads import AGENT_SPECS, covered_warmup, router_workload
-from tests.support.app_process import AppProcess, http_json
+from testbed.app_process import AppProcess, http_json
 
 ROUTERS: dict[str, str | None] = {
     "prefix_affinity": "deployments.prefix_router:PrefixAffinityRouter",

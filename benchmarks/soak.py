@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tests.support.app_process import http_json
+from testbed.app_process import http_json
 
 __all__ = ["AGENT_REQUESTS", "MixedLoad", "LoadReport", "sample_replica_rss", "cache_bytes", "flat", "main"]
 

@@ -18,11 +18,12 @@ from __future__ import annotations
 import asyncio
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from cache.lru import DEFAULT_ENTRY_OVERHEAD_BYTES, ByteBoundedLRU
+from cache.stats import hit_rate
 
 __all__ = ["CacheShard", "ClaimReply", "ClaimingShard", "ShardClient", "LocalShardClient"]
 
@@ -161,11 +162,11 @@ class CacheShard:
         self._claims.clear()
 
     def stats(self) -> dict:
-        looked = self.hits + self.misses
+        """Counters and sizes; ``hit_rate`` is a fraction 0..1."""
         return {
             "hits": self.hits,
             "misses": self.misses,
-            "hit_rate": 100.0 * self.hits / looked if looked else 0.0,
+            "hit_rate": hit_rate(self.hits, self.misses),
             "entries": self._lru.entries,
             "size_bytes": self._lru.size_bytes,
             "max_bytes": self._lru.max_bytes,
@@ -204,6 +205,15 @@ class CacheShard:
                     del self._by_doc[owner]
 
 
+async def wait_event(event: asyncio.Event, timeout_s: float) -> None:
+    """Wait until ``event`` is set or ``timeout_s`` seconds pass, whichever is first (``ClaimingShard``'s timer)."""
+    try:
+        async with asyncio.timeout(timeout_s):
+            await event.wait()
+    except TimeoutError:
+        pass
+
+
 class ClaimingShard:
     """A ``CacheShard`` whose ``get_or_claim`` waits (asyncio) for keys other callers have claimed.
 
@@ -217,8 +227,9 @@ class ClaimingShard:
     at once (the client's first round, which must write back its own claims before it waits).
     """
 
-    def __init__(self, shard: CacheShard) -> None:
+    def __init__(self, shard: CacheShard, wait: Callable[[asyncio.Event, float], Awaitable[None]] | None = None) -> None:
         self.shard = shard
+        self._wait = wait or wait_event  # tests pass a timer on the shard's fake clock
         self._waiters: dict[str, set[asyncio.Event]] = {}
         self.waits = 0
         self.waits_timed_out = 0
@@ -229,22 +240,19 @@ class ClaimingShard:
             return reply
         self.waits += 1
         found, claimed, waiting = dict(reply.found), list(reply.claimed), reply.waiting
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + max(0.0, wait_s)
+        clock = self.shard.clock  # one clock for the deadline and the leases (time.monotonic by default)
+        deadline = clock() + max(0.0, wait_s)
         event = asyncio.Event()
         while waiting:
-            left = deadline - loop.time()
+            left = deadline - clock()
             if left <= 0:
                 break
-            lease_left = min(waiting.values()) - self.shard.clock()
+            lease_left = min(waiting.values()) - clock()
             event.clear()
             for key in waiting:
                 self._waiters.setdefault(key, set()).add(event)
             try:
-                async with asyncio.timeout(max(0.0, min(left, lease_left))):
-                    await event.wait()
-            except TimeoutError:
-                pass
+                await self._wait(event, max(0.0, min(left, lease_left)))
             finally:
                 self._forget(event, waiting)
             again = self.shard.get_or_claim(list(waiting), lease_s)
@@ -318,10 +326,11 @@ class ShardClient(ABC):
 class LocalShardClient(ShardClient):
     """A ``CacheShard`` in this process, behind the async contract."""
 
-    def __init__(self, shard: CacheShard, shard_id: str = "local-0") -> None:
+    def __init__(self, shard: CacheShard, shard_id: str = "local-0",
+                 wait: Callable[[asyncio.Event, float], Awaitable[None]] | None = None) -> None:
         self._shard = shard
         self._shard_id = shard_id
-        self._claiming = ClaimingShard(shard)
+        self._claiming = ClaimingShard(shard, wait=wait)
 
     @property
     def shard(self) -> CacheShard:

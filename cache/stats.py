@@ -1,5 +1,8 @@
 """Stats as small values: mutable counters inside a tier, frozen snapshots outward.
 
+Every ``hit_rate`` here (and in every stats dict of the cache) is a FRACTION 0..1: hits / (hits + misses),
+0.0 before the first lookup.
+
 Latency percentiles come from a bounded reservoir (Algorithm R with an injectable RNG) so memory is
 constant however long a replica runs, and p50/p99 stay representative of the whole run.
 """
@@ -9,7 +12,13 @@ from __future__ import annotations
 import random
 from dataclasses import asdict, dataclass, field
 
-__all__ = ["LatencyReservoir", "TierCounters", "TierStats", "TokenCacheStats"]
+__all__ = ["LatencyReservoir", "TierCounters", "TierStats", "TokenCacheStats", "hit_rate", "merged_percentile"]
+
+
+def hit_rate(hits: int, misses: int) -> float:
+    """Fraction 0..1 of lookups that hit; 0.0 when there were none."""
+    looked = hits + misses
+    return hits / looked if looked else 0.0
 
 
 class LatencyReservoir:
@@ -53,6 +62,15 @@ class LatencyReservoir:
         self.total_ms = 0.0
 
 
+def merged_percentile(a: LatencyReservoir, b: LatencyReservoir, q: float) -> float:
+    """Percentile ``q`` of the two reservoirs' samples taken together."""
+    merged = LatencyReservoir(capacity=a.capacity + b.capacity)
+    for res in (a, b):
+        for ms in res.samples():
+            merged.add(ms)
+    return merged.percentile(q)
+
+
 @dataclass(frozen=True, slots=True)
 class TierStats:
     """Snapshot of one tier (l0, a shard, redis, or the tokenizer)."""
@@ -64,7 +82,7 @@ class TierStats:
     evictions: int
     entries: int
     size_bytes: int
-    hit_rate: float  # percent 0..100
+    hit_rate: float  # fraction 0..1
     latency_p50_ms: float
     latency_p99_ms: float
 
@@ -84,7 +102,6 @@ class TierCounters:
     latency: LatencyReservoir = field(default_factory=LatencyReservoir)
 
     def snapshot(self, entries: int = 0, size_bytes: int = 0, evictions: int | None = None) -> TierStats:
-        looked = self.hits + self.misses
         return TierStats(
             hits=self.hits,
             misses=self.misses,
@@ -93,7 +110,7 @@ class TierCounters:
             evictions=self.evictions if evictions is None else evictions,
             entries=entries,
             size_bytes=size_bytes,
-            hit_rate=100.0 * self.hits / looked if looked else 0.0,
+            hit_rate=hit_rate(self.hits, self.misses),
             latency_p50_ms=self.latency.percentile(50),
             latency_p99_ms=self.latency.percentile(99),
         )
@@ -101,7 +118,7 @@ class TierCounters:
 
 @dataclass(frozen=True, slots=True)
 class TokenCacheStats:
-    """The original plan's summary fields, per agent. ``hit_rate`` is a PERCENT (0..100)."""
+    """The original plan's summary fields, per agent. ``hit_rate`` is a fraction 0..1."""
 
     cache_hits: int
     cache_misses: int

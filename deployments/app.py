@@ -15,26 +15,27 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from ray.serve import Application
 from ray.serve.config import RequestRouterConfig
 
 from agents.registry import AGENTS
-from cache.client import TokenCacheConfig
-from deployments.agent import AgentReplica, AgentReplicaConfig
+from cache.config import TokenCacheConfig
+from deployments.agent import AgentReplica
 from deployments.cache_group import TokenCacheShardServer, shard_deployment_name
 from deployments.embedder import EmbedderServer
 from deployments.gateway import Gateway, GatewayConfig
 from deployments.llm_server import LLMReplica, LLMReplicaConfig
-from llm import EngineConfig, EngineSettings
+from llm import EngineConfig, EngineSettings, model_files
 from llm.fallback import FallbackConfig
+from rag.builder import AgentPipelineConfig
 from retrieval.config import EmbedderConfig, RetrievalConfig
+from routing.prefix_affinity import PrefixKeyConfig
 
 __all__ = ["AppArgs", "build", "resolve_model_path"]
 
 logger = logging.getLogger(__name__)
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 
 
@@ -106,8 +107,12 @@ class GatewayArgs(ScaleArgs):
     protect_reads: bool = Field(default=False, description="Require TCRAG_API_KEY on read routes too.")
 
 
-class CacheArgs(BaseModel):
-    """The shared token-cache tiers: the shard group (L1) and Redis (L2)."""
+class CacheArgs(TokenCacheConfig):
+    """The shared token-cache tiers: the shard group (L1) and Redis (L2).
+
+    It is a ``TokenCacheConfig`` (every client setting can be set here) plus the shard group's own
+    settings; each agent's config is this one with its L0 budget and TTL from ``agents:``.
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -115,18 +120,14 @@ class CacheArgs(BaseModel):
     shard_max_mb: float = Field(default=256.0, gt=0, description="Byte budget of each shard, in MiB.")
     shard_ttl_s: float | None = Field(default=7200.0, gt=0, description="Seconds a shard entry lives.")
     shard_num_cpus: float = Field(default=0.05, gt=0, description="Ray CPUs per shard replica.")
-    shard_timeout_s: float = Field(default=0.25, gt=0, description="Timeout of one shard call.")
-    shard_claim_lease_s: float = Field(
-        default=0.5, gt=0, description="How long a replica's claim on a missed key holds (single-flight per shard)."
-    )
-    shard_claim_wait_s: float | None = Field(
-        default=None, ge=0, description="Most a lookup waits on another replica's claim; null: min(0.1, timeout / 2)."
-    )
     redis_url: str | None = Field(
         default=None, description=f"Redis URL; null: $REDIS_URL, else {DEFAULT_REDIS_URL}. 'none' disables Redis."
     )
-    redis_ttl_s: float | None = Field(default=86_400.0, gt=0, description="Seconds a Redis entry lives.")
-    redis_timeout_s: float = Field(default=0.05, gt=0, description="Timeout of one Redis round trip.")
+
+    def client_config(self, **per_agent: Any) -> TokenCacheConfig:
+        """The agents' ``TokenCacheConfig``: these settings, Redis URL resolved, ``per_agent`` on top."""
+        shared = self.model_dump(include=set(TokenCacheConfig.model_fields))
+        return TokenCacheConfig(**{**shared, "redis_url": resolve_redis_url(self), **per_agent})
 
 
 class AgentArgs(ScaleArgs):
@@ -149,6 +150,17 @@ class RetrievalArgs(BaseModel):
     embedder: EmbedderConfig = Field(default_factory=EmbedderConfig, description="Embedder model and batching.")
     embedder_scale: ScaleArgs = Field(default_factory=lambda: ScaleArgs(num_cpus=0.1), description="Embedder replicas.")
 
+    @model_validator(mode="after")
+    def _paths_in_one_place(self) -> RetrievalArgs:
+        if self.settings.db_path is not None or self.settings.data_dir is not None:
+            raise ValueError("set the store and sample paths as retrieval.db_path and retrieval.data_dir, "
+                             "not under retrieval.settings")
+        return self
+
+    def config(self) -> RetrievalConfig:
+        """The app's one retrieval config, with both paths resolved."""
+        return self.settings.resolved(self.db_path, self.data_dir)
+
 
 class AppArgs(BaseModel):
     """Everything ``serve_config.yaml`` can set; unknown keys are refused so typos do not pass silently."""
@@ -165,22 +177,7 @@ class AppArgs(BaseModel):
 
 def resolve_model_path(model: ModelArgs) -> str:
     """Config first, then ``$TCRAG_MODEL``, then the embedded default (prepared on first use)."""
-    if model.path:
-        return model.path
-    if os.environ.get("TCRAG_MODEL"):
-        return os.environ["TCRAG_MODEL"]
-    from scripts.prepare_model import ensure_model
-
-    return str(ensure_model())
-
-
-def resolve_db_path(retrieval: RetrievalArgs) -> Path:
-    if retrieval.db_path:
-        return Path(retrieval.db_path).expanduser().resolve()
-    if os.environ.get("TCRAG_DATA_DIR"):
-        return Path(os.environ["TCRAG_DATA_DIR"]).expanduser().resolve() / "collections.sqlite3"
-    home = Path(os.environ.get("TCRAG_HOME", Path.home() / ".cache" / "token-cached-rag"))
-    return home / "store" / "collections.sqlite3"
+    return model_files.resolve_model_path(model.path)
 
 
 def resolve_redis_url(cache: CacheArgs) -> str | None:
@@ -188,54 +185,47 @@ def resolve_redis_url(cache: CacheArgs) -> str | None:
     return None if url.lower() == "none" else url
 
 
-def prepare_store(db_path: Path, data_dir: Path, settings: RetrievalConfig, embedder: EmbedderConfig,
-                  model_path: str) -> None:
+def prepare_store(retrieval: RetrievalConfig, embedder: EmbedderConfig, model_path: str) -> None:
     """Create the collections and load the sample knowledge bases into empty ones (with progress)."""
-    from cache.tokenizers import HuggingFaceTokenizer
-    from retrieval.chunker import chunk_text
     from retrieval.samples import load_sample_collections, pending_sample_loads
-    from retrieval.store import CollectionStore
+    from tokenization import HuggingFaceTokenizer
 
-    store = CollectionStore(db_path, limits=settings.limits)
+    store = retrieval.open_store()
     try:
-        if not any(pending_sample_loads(store, data_dir).values()):
+        if not any(pending_sample_loads(store, retrieval.data_dir).values()):
             return
         from retrieval.embedder import SentenceTransformerEmbedder
 
         started = time.perf_counter()
-        print(f"[tcrag] loading sample knowledge bases from {data_dir} into {db_path} ...", file=sys.stderr, flush=True)
+        print(f"[tcrag] loading sample knowledge bases from {retrieval.data_dir} into {retrieval.db_path} ...",
+              file=sys.stderr, flush=True)
         tokenizer = HuggingFaceTokenizer(model_path)
         local = SentenceTransformerEmbedder(embedder.model_path, embedder.device)
 
         def progress(collection: str, done: int, total: int) -> None:
             print(f"[tcrag]   {collection}: {done}/{total} documents", file=sys.stderr, flush=True)
 
-        load_sample_collections(
-            store, data_dir,
-            lambda text: chunk_text(text, lambda t: len(tokenizer.encode(t)), settings.target_tokens, settings.max_tokens),
-            local.embed, progress,
-        )
+        load_sample_collections(store, retrieval.data_dir, retrieval.chunker(lambda t: len(tokenizer.encode(t))),
+                                local.embed, progress)
         print(f"[tcrag] samples loaded in {time.perf_counter() - started:.1f} s", file=sys.stderr, flush=True)
     finally:
         store.close()
 
 
 def build(args: dict[str, Any] | None = None) -> Application:
-    """Validate the YAML args and compose the application."""
+    """Validate the YAML args and compose the application; every config is made here once and passed down."""
     app_args = AppArgs.model_validate(args or {})
     unknown = set(app_args.agents) - {a.name for a in AGENTS}
     if unknown:
         raise ValueError(f"agents: unknown agent(s) {sorted(unknown)}; known: {[a.name for a in AGENTS]}")
     model_path = resolve_model_path(app_args.model)
     model_name = app_args.model.name or Path(model_path).name
-    db_path = resolve_db_path(app_args.retrieval)
-    data_dir = Path(app_args.retrieval.data_dir).resolve() if app_args.retrieval.data_dir else REPO_ROOT / "data"
-    settings = app_args.retrieval.settings
-    if settings.load_samples:
-        prepare_store(db_path, data_dir, settings, app_args.retrieval.embedder, model_path)
-    logger.info("building app: model %s, store %s", model_path, db_path)
+    retrieval = app_args.retrieval.config()
+    if retrieval.load_samples:
+        prepare_store(retrieval, app_args.retrieval.embedder, model_path)
+    logger.info("building app: model %s, store %s", model_path, retrieval.db_path)
 
-    # LLM pool
+    # LLM pool; the prefix key the router computes is the one every pool client sets as session id.
     pool = app_args.llm
     llm_options = pool.options()
     if pool.router.request_router_class:
@@ -243,6 +233,7 @@ def build(args: dict[str, Any] | None = None) -> Application:
             request_router_class=pool.router.request_router_class,
             request_router_kwargs=dict(pool.router.request_router_kwargs),
         )
+    prefix_key = PrefixKeyConfig.model_validate(pool.router.request_router_kwargs)
     engine = EngineConfig(model=model_path, **pool.engine.model_dump())
     llm = LLMReplica.options(**llm_options).bind(LLMReplicaConfig(engine=engine, bind_cores=pool.bind_cores))
 
@@ -260,33 +251,22 @@ def build(args: dict[str, Any] | None = None) -> Application:
     )
 
     # One deployment per agent
-    redis_url = resolve_redis_url(cache)
     agents: dict[str, Any] = {}
     collections: dict[str, str] = {}
     for agent_cls in AGENTS:
         agent_args = app_args.agents.get(agent_cls.name, AgentArgs())
-        settings_ = agent_cls.cache_settings
+        budget = agent_cls.cache_settings
         collection = agent_args.collection or agent_cls.collection
         collections[agent_cls.name] = collection
-        config = AgentReplicaConfig(
+        config = AgentPipelineConfig(
             agent=agent_cls.name,
             collection=collection,
             model_path=model_path,
             max_model_len=engine.max_model_len,
-            db_path=str(db_path),
-            store_limits=settings.limits,
-            chunk_target_tokens=settings.target_tokens,
-            chunk_max_tokens=settings.max_tokens,
-            token_cache=TokenCacheConfig(
-                max_cache_size_mb=agent_args.max_cache_size_mb or settings_.max_cache_size_mb,
-                l0_ttl_s=agent_args.ttl_s or settings_.ttl_s,
-                redis_ttl_s=cache.redis_ttl_s,
-                redis_url=redis_url,
-                redis_timeout_s=cache.redis_timeout_s,
-                shard_timeout_s=cache.shard_timeout_s,
-                shard_claim_lease_s=cache.shard_claim_lease_s,
-                shard_claim_wait_s=cache.shard_claim_wait_s,
-            ),
+            retrieval=retrieval,
+            token_cache=cache.client_config(max_cache_size_mb=agent_args.max_cache_size_mb or budget.max_cache_size_mb,
+                                            l0_ttl_s=agent_args.ttl_s or budget.ttl_s),
+            prefix_key=prefix_key,
             llm_timeout_s=app_args.gateway.request_timeout_s,
             llm_fallback=pool.fallback,
             warmup=agent_args.warmup,
@@ -300,10 +280,8 @@ def build(args: dict[str, Any] | None = None) -> Application:
             model_path=model_path,
             model_name=model_name,
             request_timeout_s=gateway_args.request_timeout_s,
-            db_path=str(db_path),
-            store_limits=settings.limits,
-            chunk_target_tokens=settings.target_tokens,
-            chunk_max_tokens=settings.max_tokens,
+            retrieval=retrieval,
+            prefix_key=prefix_key,
             agent_collections=collections,
             protect_reads=gateway_args.protect_reads,
             llm_fallback=pool.fallback,

@@ -24,17 +24,18 @@ from ray.serve.handle import DeploymentHandle
 
 from agents.base import AgentRequest
 from agents.registry import AGENTS
-from cache.tokenizers import HuggingFaceTokenizer
 from deployments.cache_group import ServeShardClient
 from deployments.embedder import make_remote_embed
 from deployments.llm_client import LLMPoolClient, await_response
 from llm import EngineDeadError, InvalidRequestError, LLMUnavailableError
 from llm.completions import CompletionRequest, CompletionsService
-from llm.fallback import FallbackConfig, build_fallback_llm
-from retrieval.chunker import chunk_text
+from llm.fallback import FallbackConfig
+from rag.builder import build_llm, build_retrieval
+from retrieval.config import RetrievalConfig
 from retrieval.exceptions import CollectionNotFoundError, DocumentNotFoundError, InvalidInputError, RetrievalError
-from retrieval.service import RetrievalService
-from retrieval.store import CollectionStore, Document, StoreLimits, WriteResult
+from retrieval.models import Document, WriteResult
+from routing.prefix_affinity import PrefixKeyConfig
+from tokenization import HuggingFaceTokenizer
 
 __all__ = ["GatewayConfig", "Gateway", "app"]
 
@@ -55,10 +56,8 @@ class GatewayConfig(BaseModel):
     model_path: str = Field(description="Folder of the served model (its tokenizer encodes text prompts).")
     model_name: str = Field(description="Name reported by /v1/models and checked against `model`.")
     request_timeout_s: float = Field(default=120.0, gt=0, description="Longest wait for the LLM pool or an agent.")
-    db_path: str = Field(description="SQLite file of the collection store.")
-    store_limits: StoreLimits = Field(default_factory=StoreLimits, description="Input limits on writes.")
-    chunk_target_tokens: int = Field(default=384, description="Chunker target size.")
-    chunk_max_tokens: int = Field(default=512, description="Chunker hard bound.")
+    retrieval: RetrievalConfig = Field(description="The app's retrieval config (store, chunking, top_k limits).")
+    prefix_key: PrefixKeyConfig = Field(default_factory=PrefixKeyConfig, description="Shared with the router.")
     agent_collections: dict[str, str] = Field(description="Agent name -> the collection it retrieves from.")
     protect_reads: bool = Field(default=False, description="Also require TCRAG_API_KEY on read routes.")
     llm_fallback: FallbackConfig | None = Field(default=None, description="Endpoint used when the pool is unavailable.")
@@ -113,45 +112,48 @@ async def _validation_error(request: Request, exc: RequestValidationError) -> JS
     return _error(422, "invalid_request", f"{field}: {first.get('msg')}", field)
 
 
-@app.exception_handler(InvalidRequestError)
-@app.exception_handler(InvalidInputError)
-async def _invalid_request(request: Request, exc: Exception) -> JSONResponse:
-    return _error(400, "invalid_request", str(exc), getattr(exc, "field", None))
-
-
-@app.exception_handler(CollectionNotFoundError)
-@app.exception_handler(DocumentNotFoundError)
-async def _not_found(request: Request, exc: Exception) -> JSONResponse:
-    return _error(404, "not_found", str(exc))
-
-
-@app.exception_handler(LLMUnavailableError)
-@app.exception_handler(EngineDeadError)
-async def _unavailable(request: Request, exc: Exception) -> JSONResponse:
+# One table: which exception becomes which answer. Raised here or inside a deployment (then it arrives
+# wrapped in a RayTaskError), the same cause gets the same status, error type and Retry-After.
+_ERROR_TABLE: tuple[tuple[type[BaseException], int, str, bool], ...] = (
+    # (exception, status, error type, retry_after)
+    (InvalidRequestError, 400, "invalid_request", False),
+    (InvalidInputError, 400, "invalid_request", False),
+    (CollectionNotFoundError, 404, "not_found", False),
+    (DocumentNotFoundError, 404, "not_found", False),
     # The pool (or its fallback) could not serve in time: tell the client when to come back.
-    return _error(503, "unavailable", str(exc), headers={"Retry-After": str(RETRY_AFTER_S)})
-
-
-@app.exception_handler(BackPressureError)
-async def _overloaded(request: Request, exc: Exception) -> JSONResponse:
+    (LLMUnavailableError, 503, "unavailable", True),
+    (EngineDeadError, 503, "unavailable", True),
     # A deployment's queue is full (max_queued_requests): shed load instead of queueing without bound.
-    return _error(503, "overloaded", str(exc), headers={"Retry-After": str(RETRY_AFTER_S)})
+    (BackPressureError, 503, "overloaded", True),
+    (RetrievalError, 503, "unavailable", True),
+)
 
 
-@app.exception_handler(RetrievalError)
-async def _retrieval_failed(request: Request, exc: Exception) -> JSONResponse:
-    return _error(503, "unavailable", str(exc), headers={"Retry-After": str(RETRY_AFTER_S)})
+def _mapped_error(exc: BaseException) -> JSONResponse | None:
+    for kind, status, error_type, retry in _ERROR_TABLE:
+        if isinstance(exc, kind):
+            return _error(status, error_type, str(exc), getattr(exc, "field", None),
+                          headers={"Retry-After": str(RETRY_AFTER_S)} if retry else None)
+    return None
+
+
+async def _table_error(request: Request, exc: Exception) -> JSONResponse:
+    response = _mapped_error(exc)
+    assert response is not None  # registered only for the table's exception types
+    return response
+
+
+for _kind, *_ in _ERROR_TABLE:
+    app.add_exception_handler(_kind, _table_error)
 
 
 @app.exception_handler(RayTaskError)
 async def _remote_error(request: Request, exc: RayTaskError) -> JSONResponse:
     # A deployment raised: answer as if the cause had been raised here.
     cause = getattr(exc, "cause", None)
-    for kind, handler in ((InvalidRequestError, _invalid_request), (InvalidInputError, _invalid_request),
-                          (CollectionNotFoundError, _not_found), (DocumentNotFoundError, _not_found),
-                          (LLMUnavailableError, _unavailable), (EngineDeadError, _unavailable)):
-        if isinstance(cause, kind):
-            return await handler(request, cause)
+    response = _mapped_error(cause) if cause is not None else None
+    if response is not None:
+        return response
     logger.error("deployment failed: %s", exc)
     return _error(500, "internal", f"internal error: {type(cause or exc).__name__}")
 
@@ -266,16 +268,12 @@ class Gateway:
         self.config = config
         self._shards = [ServeShardClient(h, timeout_s=5.0) for h in shards]
         tokenizer = HuggingFaceTokenizer(config.model_path)
-        self._pool = build_fallback_llm(LLMPoolClient(llm, timeout_s=config.request_timeout_s), config.llm_fallback)
+        self._pool = build_llm(LLMPoolClient(llm, timeout_s=config.request_timeout_s, prefix_key=config.prefix_key),
+                               config.llm_fallback)
         self._completions = CompletionsService(tokenizer=tokenizer, generate=self._pool.generate,
                                                model_name=config.model_name)
         self._agents = agents
-        self._retrieval = RetrievalService(
-            CollectionStore(config.db_path, limits=config.store_limits),
-            make_remote_embed(embedder),
-            lambda text: chunk_text(text, lambda t: len(tokenizer.encode(t)),
-                                    config.chunk_target_tokens, config.chunk_max_tokens),
-        )
+        self._retrieval = build_retrieval(config.retrieval, tokenizer, make_remote_embed(embedder))
         self._app_name = serve.get_replica_context().app_name
 
     # -- health and models

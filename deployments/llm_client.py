@@ -16,7 +16,7 @@ from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, 
 from ray.serve.handle import DeploymentHandle
 
 from llm import EngineDeadError, GenerateRequest, GenerateResult, InvalidRequestError, LLMUnavailableError, StreamDelta
-from routing.prefix_affinity import prefix_key
+from routing.prefix_affinity import PrefixKeyConfig
 
 __all__ = ["LLMPoolClient", "await_response"]
 
@@ -28,8 +28,10 @@ _REPLICA_LOST = (ActorDiedError, ActorUnavailableError, RayActorError, ReplicaUn
 class LLMPoolClient:
     """``generate`` and ``generate_stream`` against the pool; raises ``LLMUnavailableError`` on timeout."""
 
-    def __init__(self, handle: DeploymentHandle, timeout_s: float, retries: int = 1) -> None:
+    def __init__(self, handle: DeploymentHandle, timeout_s: float, retries: int = 1,
+                 prefix_key: PrefixKeyConfig | None = None) -> None:
         self._handle = handle
+        self._prefix_key = prefix_key or PrefixKeyConfig()
         self._timeout_s = timeout_s
         self._retries = retries
 
@@ -41,7 +43,8 @@ class LLMPoolClient:
         on equal terms. A prompt without a key (shorter than one block) keeps Serve's per-request id.
         """
         try:
-            key = prefix_key(request.prompt_token_ids, context_end=request.prefix_len, cache_salt=request.cache_salt)
+            key = self._prefix_key.key(request.prompt_token_ids, context_end=request.prefix_len,
+                                       cache_salt=request.cache_salt)
         except ValueError:
             key = None  # malformed IDs: the replica rejects the request with the field named
         return self._handle if key is None else self._handle.options(session_id=key)

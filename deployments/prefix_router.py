@@ -24,14 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from ray.serve.request_router import PendingRequest, ReplicaID, RequestRouter, RunningReplica
 from ray.util import metrics
 
-from routing.prefix_affinity import (
-    DEFAULT_BLOCK_SIZE,
-    DEFAULT_LOAD_FACTOR,
-    DEFAULT_MAX_BLOCKS,
-    PrefixAffinityPolicy,
-    extract_prompt_tokens,
-    prefix_key,
-)
+from routing.prefix_affinity import DEFAULT_LOAD_FACTOR, PrefixAffinityPolicy, PrefixKeyConfig, extract_prompt_tokens
 
 if TYPE_CHECKING:
     from ray.serve._private.replica_result import ReplicaResult
@@ -41,8 +34,12 @@ __all__ = ["PrefixAffinityRouter", "PrefixRouterConfig"]
 logger = logging.getLogger(__name__)
 
 
-class PrefixRouterConfig(BaseModel):
-    """``request_router_kwargs`` of ``PrefixAffinityRouter``, validated once at router start."""
+class PrefixRouterConfig(PrefixKeyConfig):
+    """``request_router_kwargs`` of ``PrefixAffinityRouter``, validated once at router start.
+
+    The prefix-key fields (``block_size``, ``max_blocks``) are inherited: the same config the LLM pool
+    client keys its session ids with.
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -52,14 +49,6 @@ class PrefixRouterConfig(BaseModel):
         description="c in the load bound ceil(c * (in_flight + 1) / replicas); 1.0 is strict balance.",
     )
     vnodes: int = Field(default=128, ge=1, description="Virtual nodes per replica on the hash ring.")
-    block_size: int = Field(
-        default=DEFAULT_BLOCK_SIZE,
-        ge=1,
-        description="vLLM KV block size in tokens; only whole blocks enter the prefix key.",
-    )
-    max_blocks: int = Field(
-        default=DEFAULT_MAX_BLOCKS, ge=1, description="Most leading blocks hashed into the key."
-    )
 
 
 class PrefixAffinityRouter(RequestRouter):
@@ -106,13 +95,7 @@ class PrefixAffinityRouter(RequestRouter):
         if prompt is None:
             return None
         try:
-            return prefix_key(
-                prompt.token_ids,
-                block_size=self._config.block_size,
-                max_blocks=self._config.max_blocks,
-                context_end=prompt.prefix_len,
-                cache_salt=prompt.cache_salt,
-            )
+            return self._config.key(prompt.token_ids, context_end=prompt.prefix_len, cache_salt=prompt.cache_salt)
         except ValueError:
             # Malformed token IDs: the replica will reject the request with a proper error; routing
             # it anywhere is fine.

@@ -15,7 +15,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from cache.tokenizers import TokenizerBackend
+from tokenization import TokenizerBackend
 from llm.exceptions import InvalidRequestError
 from llm.types import GenerateRequest, GenerateResult
 

@@ -1,12 +1,22 @@
-"""Configuration of the retrieval layer, as it arrives from `serve_config.yaml` via the app builder."""
+"""Configuration of the retrieval layer, as it arrives from `serve_config.yaml` via the app builder.
+
+`RetrievalConfig` is the one retrieval config: where the store and the sample data live, how documents
+are chunked, the top_k limits of a search, and the input limits of a write. The builder resolves it
+once (`resolved`) and passes it down; `RetrievalService.from_config` and `chunker` read it.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from retrieval.store import StoreLimits
+from retrieval.chunker import chunk_text
+from retrieval.models import DEFAULT_TOP_K, MAX_TOP_K, StoreLimits
+from retrieval.store import CollectionStore
+from settings.paths import default_store_path, repo_data_dir
 
 __all__ = ["EmbedderConfig", "RetrievalConfig"]
 
@@ -16,16 +26,22 @@ class RetrievalConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    db_path: Path = Field(
-        Path("var/retrieval/collections.sqlite3"),
-        description="SQLite file of the collection store (a directory means <dir>/collections.sqlite3).",
+    db_path: Path | None = Field(
+        None,
+        description="SQLite file of the collection store (a directory means <dir>/collections.sqlite3). "
+        "None: $TCRAG_DATA_DIR/collections.sqlite3, else $TCRAG_HOME/store/collections.sqlite3.",
     )
-    data_dir: Path = Field(Path("data"), description="Folder of sample knowledge bases, one subfolder per collection.")
+    data_dir: Path | None = Field(
+        None, description="Folder of sample knowledge bases, one subfolder per collection. None: the repo's data/."
+    )
     load_samples: bool = Field(True, description="Load data_dir/<collection>/ into each empty collection at start.")
     target_tokens: int = Field(384, gt=0, description="Chunk size the chunker aims for, in served-model tokens.")
     max_tokens: int = Field(512, gt=0, description="Hard upper bound of a chunk, in served-model tokens.")
-    default_top_k: int = Field(5, gt=0, description="Chunks retrieved when a request does not say.")
-    max_top_k: int = Field(50, gt=0, description="Largest top_k a request may ask for.")
+    default_top_k: int = Field(DEFAULT_TOP_K, gt=0, description="Chunks retrieved when a search does not say.")
+    max_top_k: int = Field(
+        MAX_TOP_K, gt=0, le=MAX_TOP_K,
+        description=f"Largest top_k a search may ask for (at most {MAX_TOP_K}, the HTTP request schema's bound).",
+    )
     limits: StoreLimits = Field(default_factory=StoreLimits, description="Input limits on writes.")
 
     @model_validator(mode="after")
@@ -35,6 +51,28 @@ class RetrievalConfig(BaseModel):
         if self.default_top_k > self.max_top_k:
             raise ValueError("default_top_k must not exceed max_top_k")
         return self
+
+    def resolved(self, db_path: str | Path | None = None, data_dir: str | Path | None = None) -> RetrievalConfig:
+        """A copy with both paths absolute and concrete. Each path is taken from the argument (e.g.
+        serve_config.yaml's `retrieval.db_path` / `retrieval.data_dir`), else this config's field, else
+        its default from `settings.paths` (the store path honours $TCRAG_DATA_DIR and $TCRAG_HOME)."""
+        db = db_path or self.db_path
+        data = data_dir or self.data_dir
+        return self.model_copy(
+            update={
+                "db_path": Path(db).expanduser().resolve() if db else default_store_path(),
+                "data_dir": Path(data).expanduser().resolve() if data else repo_data_dir(),
+            }
+        )
+
+    def chunker(self, count_tokens: Callable[[str], int]) -> Callable[[str], list[str]]:
+        """`chunk_text` at this config's chunk sizes, counting tokens with `count_tokens`."""
+        return partial(chunk_text, count_tokens=count_tokens, target_tokens=self.target_tokens,
+                       max_tokens=self.max_tokens)
+
+    def open_store(self) -> CollectionStore:
+        """The collection store at this config's (resolved) path, with its write limits."""
+        return CollectionStore(self.resolved().db_path, limits=self.limits)
 
 
 class EmbedderConfig(BaseModel):

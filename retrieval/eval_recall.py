@@ -17,16 +17,16 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
 
-from retrieval.chunker import chunk_text
+from retrieval.config import RetrievalConfig
 from retrieval.embedder import Embedder, SentenceTransformerEmbedder
 from retrieval.exceptions import CollectionNotFoundError
 from retrieval.index import ExactCosineIndex
 from retrieval.samples import load_sample_collections
 from retrieval.store import CollectionStore
 from retrieval.tokens import make_token_counter
+from settings.paths import repo_data_dir
 
 __all__ = ["CollectionRecall", "evaluate", "main"]
 
@@ -83,13 +83,13 @@ def evaluate(store: CollectionStore, embedder: Embedder, eval_dir: Path, k: int 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m retrieval.eval_recall", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data-dir", type=Path, default=Path("data"))
+    parser.add_argument("--data-dir", type=Path, default=repo_data_dir(), help="default: the repo's data/")
     parser.add_argument("--db", type=Path, default=None, help="use this store instead of a temporary one")
     parser.add_argument("--k", type=int, default=5)
     parser.add_argument("--min-recall", type=float, default=0.8)
     parser.add_argument("--tokenizer", default=None, help="HF tokenizer folder of the served model")
-    parser.add_argument("--target-tokens", type=int, default=384)
-    parser.add_argument("--max-tokens", type=int, default=512)
+    parser.add_argument("--target-tokens", type=int, default=RetrievalConfig().target_tokens)
+    parser.add_argument("--max-tokens", type=int, default=RetrievalConfig().max_tokens)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
@@ -98,11 +98,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: no labelled queries in {eval_dir}", file=sys.stderr)
         return 2
     embedder = SentenceTransformerEmbedder()
-    chunker = partial(
-        chunk_text,
-        count_tokens=make_token_counter(args.tokenizer),
-        target_tokens=args.target_tokens,
-        max_tokens=args.max_tokens,
+    chunker = RetrievalConfig(target_tokens=args.target_tokens, max_tokens=args.max_tokens).chunker(
+        make_token_counter(args.tokenizer)
     )
     with tempfile.TemporaryDirectory(prefix="tcrag-eval-") as tmp:
         store = CollectionStore(args.db or Path(tmp) / "eval.sqlite3")

@@ -11,21 +11,12 @@ from __future__ import annotations
 import json
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import numpy as np
 
-from retrieval.store import Chunk
+from retrieval.models import Chunk, SearchHit
 
-__all__ = ["ExactCosineIndex", "SearchHit", "VectorIndex"]
-
-
-@dataclass(frozen=True, slots=True)
-class SearchHit:
-    """One result: the chunk and its cosine similarity to the query (higher is closer)."""
-
-    chunk: Chunk
-    score: float
+__all__ = ["ExactCosineIndex", "VectorIndex"]
 
 
 class VectorIndex(ABC):

@@ -13,10 +13,9 @@ import argparse
 import logging
 import sys
 import time
-from functools import partial
 from pathlib import Path
 
-from retrieval.chunker import chunk_text
+from retrieval.config import RetrievalConfig
 from retrieval.embedder import SentenceTransformerEmbedder
 from retrieval.exceptions import RetrievalError
 from retrieval.samples import read_folder
@@ -32,8 +31,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--db", type=Path, required=True, help="SQLite file (or data directory) of the store")
     parser.add_argument("--collection", required=True, help="collection name, [a-z0-9_-]{1,64}; created if missing")
     parser.add_argument("--tokenizer", default=None, help="HF tokenizer folder of the served model")
-    parser.add_argument("--target-tokens", type=int, default=384)
-    parser.add_argument("--max-tokens", type=int, default=512)
+    parser.add_argument("--target-tokens", type=int, default=RetrievalConfig().target_tokens)
+    parser.add_argument("--max-tokens", type=int, default=RetrievalConfig().max_tokens)
     parser.add_argument("--batch-docs", type=int, default=16, help="documents per atomic write")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -45,11 +44,8 @@ def main(argv: list[str] | None = None) -> int:
         store = CollectionStore(args.db)
         store.create_collection(args.collection)
         docs = read_folder(args.folder)
-        chunker = partial(
-            chunk_text,
-            count_tokens=make_token_counter(args.tokenizer),
-            target_tokens=args.target_tokens,
-            max_tokens=args.max_tokens,
+        chunker = RetrievalConfig(target_tokens=args.target_tokens, max_tokens=args.max_tokens).chunker(
+            make_token_counter(args.tokenizer)
         )
         embedder = SentenceTransformerEmbedder()
         start = time.perf_counter()

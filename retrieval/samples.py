@@ -13,7 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from retrieval.store import COLLECTION_NAME_RE, DOC_ID_RE, CollectionStore, Document
+from retrieval.models import COLLECTION_NAME_RE, DOC_ID_RE, Document
+from retrieval.store import CollectionStore
 
 __all__ = ["SAMPLE_COLLECTIONS", "load_sample_collections", "pending_sample_loads", "read_folder"]
 

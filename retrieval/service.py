@@ -16,10 +16,20 @@ from pathlib import Path
 
 import numpy as np
 
+from retrieval.config import RetrievalConfig
 from retrieval.exceptions import EmbeddingError, InvalidInputError
-from retrieval.index import ExactCosineIndex, SearchHit, VectorIndex
+from retrieval.index import ExactCosineIndex, VectorIndex
+from retrieval.models import (
+    DEFAULT_TOP_K,
+    MAX_TOP_K,
+    CollectionInfo,
+    Document,
+    SearchHit,
+    WriteResult,
+    validate_collection_name,
+)
 from retrieval.samples import Progress, pending_sample_loads
-from retrieval.store import CollectionInfo, CollectionStore, Document, WriteResult, validate_collection_name
+from retrieval.store import CollectionStore
 
 __all__ = ["RetrievalService"]
 
@@ -36,7 +46,10 @@ class _LoadedIndex:
 
 
 class RetrievalService:
-    """Search and write collections; safe to use from many coroutines of one event loop."""
+    """Search and write collections; safe to use from many coroutines of one event loop.
+
+    Build it with `from_config` from the app's `RetrievalConfig` (store, chunk sizes and top_k limits
+    all come from there); the plain constructor takes the parts, for tests and tools."""
 
     def __init__(
         self,
@@ -45,25 +58,52 @@ class RetrievalService:
         chunker: Callable[[str], list[str]],
         *,
         index_factory: IndexFactory = ExactCosineIndex,
-        max_top_k: int = 100,
+        default_top_k: int = DEFAULT_TOP_K,
+        max_top_k: int = MAX_TOP_K,
     ) -> None:
+        if not 1 <= default_top_k <= max_top_k:
+            raise ValueError(f"need 1 <= default_top_k <= max_top_k, got {default_top_k} and {max_top_k}")
         self._store = store
         self._embed = embed
         self._chunker = chunker
         self._index_factory = index_factory
+        self._default_top_k = default_top_k
         self._max_top_k = max_top_k
         self._indexes: dict[str, _LoadedIndex] = {}
         self._reload_locks: dict[str, asyncio.Lock] = {}
         self.reloads = 0  # number of index rebuilds, for stats and tests
+
+    @classmethod
+    def from_config(
+        cls,
+        config: RetrievalConfig,
+        embed: AsyncEmbed,
+        count_tokens: Callable[[str], int],
+        *,
+        index_factory: IndexFactory = ExactCosineIndex,
+    ) -> RetrievalService:
+        """The service over `config`'s store, chunking at its sizes (tokens counted by `count_tokens`,
+        the served model's tokenizer) and searching within its top_k limits."""
+        return cls(
+            config.open_store(),
+            embed,
+            config.chunker(count_tokens),
+            index_factory=index_factory,
+            default_top_k=config.default_top_k,
+            max_top_k=config.max_top_k,
+        )
 
     @property
     def store(self) -> CollectionStore:
         return self._store
 
     async def search(
-        self, collection: str, query: str, top_k: int, where: dict | None = None
+        self, collection: str, query: str, top_k: int | None = None, where: dict | None = None
     ) -> list[SearchHit]:
-        """Top `top_k` chunks of `collection` for `query`, against the latest committed version."""
+        """Top `top_k` (default: the config's `default_top_k`) chunks of `collection` for `query`,
+        against the latest committed version."""
+        if top_k is None:
+            top_k = self._default_top_k
         validate_collection_name(collection)
         if not isinstance(query, str) or not query.strip():
             raise InvalidInputError("query", "must be a non-empty string")

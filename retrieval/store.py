@@ -12,49 +12,47 @@ the version number does not move. Redis and the token cache are caches of this d
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
-import re
 import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
 
 from retrieval.exceptions import (
     CollectionNotFoundError,
     DocumentNotFoundError,
     EmbeddingError,
-    InvalidCollectionNameError,
     InvalidDocumentError,
     StoreWriteError,
 )
+from retrieval.models import (
+    Chunk,
+    CollectionInfo,
+    CollectionSnapshot,
+    Document,
+    PreparedDoc,
+    PreparedUpsert,
+    StoreLimits,
+    WriteResult,
+    content_hash,
+    document_hash,
+    make_chunk,
+    metadata_json,
+    validate_collection_name,
+    validate_doc_id,
+    validate_documents,
+)
+from settings.paths import STORE_FILENAME
 
-__all__ = [
-    "Chunk",
-    "CollectionInfo",
-    "CollectionSnapshot",
-    "CollectionStore",
-    "Document",
-    "PreparedUpsert",
-    "StoreLimits",
-    "WriteResult",
-    "content_hash",
-    "validate_collection_name",
-]
+__all__ = ["CollectionStore", "FaultHook"]
 
 logger = logging.getLogger(__name__)
-
-COLLECTION_NAME_RE = re.compile(r"[a-z0-9_-]{1,64}")
-DOC_ID_RE = re.compile(r"[A-Za-z0-9._:-]{1,128}")
-DEFAULT_DB_FILENAME = "collections.sqlite3"
 
 FaultHook = Callable[[str], None]
 """Test hook: called with a step name at points inside the write transaction; raising aborts it."""
@@ -90,117 +88,6 @@ CREATE TABLE IF NOT EXISTS chunks (
 """
 
 
-class StoreLimits(BaseModel):
-    """Input limits enforced on every write; set from the app config."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    max_document_chars: int = Field(200_000, gt=0, description="Largest accepted document text, in characters.")
-    max_documents_per_call: int = Field(256, gt=0, description="Most documents accepted by one upsert call.")
-    max_metadata_bytes: int = Field(16_384, gt=0, description="Largest accepted metadata, as compact JSON bytes.")
-    busy_timeout_s: float = Field(30.0, gt=0, description="How long a write waits for another writer's lock.")
-
-
-@dataclass(frozen=True, slots=True)
-class Document:
-    """A user document as submitted: id, full text and free-form JSON metadata."""
-
-    id: str
-    text: str
-    metadata: dict = field(default_factory=dict)
-
-
-@dataclass(frozen=True, slots=True)
-class Chunk:
-    """One retrieval unit and one token-cache entry. `content_hash` is the sha256 of `text`."""
-
-    chunk_id: str
-    doc_id: str
-    collection: str
-    position: int
-    text: str
-    content_hash: str
-    metadata: dict = field(default_factory=dict)
-
-
-@dataclass(frozen=True, slots=True)
-class CollectionInfo:
-    name: str
-    documents: int
-    chunks: int
-    version: int
-
-
-@dataclass(frozen=True, slots=True)
-class WriteResult:
-    """Outcome of a write. `changed_chunks` are chunks whose (chunk_id, content) did not exist before;
-    `removed_chunks` are old chunks whose (chunk_id, content) no longer exists. A chunk whose text
-    changed appears in both (old content in removed, new in changed) so that callers can invalidate
-    token-cache entries by either key. An upsert that changed nothing keeps the version."""
-
-    collection: str
-    version: int
-    upserted_doc_ids: list[str]
-    changed_chunks: list[Chunk]
-    removed_chunks: list[Chunk]
-    skipped_doc_ids: list[str] = field(default_factory=list)
-
-
-@dataclass(frozen=True, slots=True)
-class CollectionSnapshot:
-    """A consistent read of one collection: the chunks and their embeddings at `version`."""
-
-    collection: str
-    version: int
-    chunks: list[Chunk]
-    embeddings: np.ndarray  # (len(chunks), dim) float32, L2-normalized rows
-
-
-@dataclass(frozen=True, slots=True)
-class _PreparedDoc:
-    doc: Document
-    doc_hash: str
-    chunk_texts: list[str]
-    chunk_hashes: list[str]
-
-
-@dataclass(frozen=True, slots=True)
-class PreparedUpsert:
-    """Validated, chunked documents plus the chunk texts that still need an embedding.
-
-    Splitting prepare / embed / commit lets an async caller run the embedder outside any thread or
-    transaction; `known_embeddings` reuses stored vectors of unchanged chunk texts (keyed by hash)."""
-
-    collection: str
-    docs: list[_PreparedDoc]
-    texts_to_embed: list[str]
-    hashes_to_embed: list[str]
-    known_embeddings: dict[str, np.ndarray]
-
-
-def content_hash(text: str) -> str:
-    """sha256 hex of the UTF-8 text: the identity of a chunk's content across processes."""
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
-
-
-def _document_hash(doc: Document) -> str:
-    meta = json.dumps(doc.metadata, sort_keys=True, separators=(",", ":"))
-    return content_hash(f"{doc.text}\x00{meta}")
-
-
-def validate_collection_name(name: Any) -> str:
-    """Return `name` if it is a valid collection name, else raise InvalidCollectionNameError."""
-    if not isinstance(name, str) or COLLECTION_NAME_RE.fullmatch(name) is None:
-        raise InvalidCollectionNameError("collection", f"must match [a-z0-9_-]{{1,64}}, got {name!r}")
-    return name
-
-
-def validate_doc_id(doc_id: Any, field_name: str = "doc_id") -> str:
-    if not isinstance(doc_id, str) or DOC_ID_RE.fullmatch(doc_id) is None:
-        raise InvalidDocumentError(field_name, f"must match [A-Za-z0-9._:-]{{1,128}}, got {doc_id!r}")
-    return doc_id
-
-
 class CollectionStore:
     """SQLite-backed store of collections, documents, chunks and embeddings.
 
@@ -217,7 +104,7 @@ class CollectionStore:
     ) -> None:
         path = Path(path)
         if path.is_dir():
-            path = path / DEFAULT_DB_FILENAME
+            path = path / STORE_FILENAME
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self.limits = limits or StoreLimits()
@@ -351,7 +238,7 @@ class CollectionStore:
             meta = metas.get(doc_id)
             if meta is None:
                 meta = metas[doc_id] = json.loads(meta_json)
-            chunks.append(_make_chunk(collection, doc_id, position, text, chash, meta))
+            chunks.append(make_chunk(collection, doc_id, position, text, chash, meta))
         if rows:
             embeddings = np.frombuffer(b"".join(r[5] for r in rows), dtype=np.float32).reshape(len(rows), -1)
         else:
@@ -389,41 +276,8 @@ class CollectionStore:
     # -- writes ----------------------------------------------------------------------------------
 
     def validate_documents(self, docs: Sequence[Document]) -> None:
-        """Raise InvalidDocumentError naming the first bad field; checks everything before any work."""
-        if not isinstance(docs, Sequence) or isinstance(docs, (str, bytes)):
-            raise InvalidDocumentError("documents", "must be a list of documents")
-        if not docs:
-            raise InvalidDocumentError("documents", "must contain at least one document")
-        if len(docs) > self.limits.max_documents_per_call:
-            raise InvalidDocumentError(
-                "documents", f"at most {self.limits.max_documents_per_call} documents per call, got {len(docs)}"
-            )
-        seen: dict[str, int] = {}
-        for i, doc in enumerate(docs):
-            where = f"documents[{i}]"
-            if not isinstance(doc, Document):
-                raise InvalidDocumentError(where, "must be a Document")
-            validate_doc_id(doc.id, f"{where}.id")
-            if doc.id in seen:
-                raise InvalidDocumentError(f"{where}.id", f"duplicate of documents[{seen[doc.id]}].id {doc.id!r}")
-            seen[doc.id] = i
-            if not isinstance(doc.text, str) or not doc.text.strip():
-                raise InvalidDocumentError(f"{where}.text", "must be a non-empty string")
-            if len(doc.text) > self.limits.max_document_chars:
-                raise InvalidDocumentError(
-                    f"{where}.text",
-                    f"{len(doc.text)} characters exceeds the limit of {self.limits.max_document_chars}",
-                )
-            if not isinstance(doc.metadata, dict):
-                raise InvalidDocumentError(f"{where}.metadata", "must be a JSON object")
-            try:
-                meta = json.dumps(doc.metadata, sort_keys=True, separators=(",", ":"), allow_nan=False)
-            except (TypeError, ValueError) as err:
-                raise InvalidDocumentError(f"{where}.metadata", f"must be JSON-serializable: {err}") from err
-            if len(meta.encode("utf-8")) > self.limits.max_metadata_bytes:
-                raise InvalidDocumentError(
-                    f"{where}.metadata", f"exceeds {self.limits.max_metadata_bytes} bytes as JSON"
-                )
+        """Raise InvalidDocumentError naming the first bad field, under this store's limits."""
+        validate_documents(docs, self.limits)
 
     def prepare_upsert(
         self, collection: str, docs: Sequence[Document], chunker: Callable[[str], list[str]]
@@ -431,12 +285,12 @@ class CollectionStore:
         """Validate and chunk `docs`, and work out which chunk texts need embedding. Writes nothing."""
         validate_collection_name(collection)
         self.validate_documents(docs)
-        prepared: list[_PreparedDoc] = []
+        prepared: list[PreparedDoc] = []
         for i, doc in enumerate(docs):
             texts = [t for t in chunker(doc.text) if t.strip()]
             if not texts:
                 raise InvalidDocumentError(f"documents[{i}].text", "produced no chunks")
-            prepared.append(_PreparedDoc(doc, _document_hash(doc), texts, [content_hash(t) for t in texts]))
+            prepared.append(PreparedDoc(doc, document_hash(doc), texts, [content_hash(t) for t in texts]))
         # Reuse embeddings of chunk texts already stored for these documents (edits usually touch a
         # few chunks); an embedding depends only on the text, so a concurrent writer cannot make a
         # reused vector wrong.
@@ -497,7 +351,7 @@ class CollectionStore:
                     skipped.append(doc.id)
                     continue
                 old_chunks = self._doc_chunks(conn, collection, doc.id)
-                meta_json = json.dumps(doc.metadata, sort_keys=True, separators=(",", ":"))
+                meta_json = metadata_json(doc.metadata)
                 conn.execute(
                     """INSERT INTO documents(collection, doc_id, text, metadata, content_hash, updated_at)
                        VALUES (?, ?, ?, ?, ?, ?)
@@ -510,7 +364,7 @@ class CollectionStore:
                 conn.execute("DELETE FROM chunks WHERE collection = ? AND doc_id = ?", (collection, doc.id))
                 self._fault("chunks_deleted")
                 new_chunks = [
-                    _make_chunk(collection, doc.id, pos, text, chash, doc.metadata)
+                    make_chunk(collection, doc.id, pos, text, chash, doc.metadata)
                     for pos, (text, chash) in enumerate(zip(p.chunk_texts, p.chunk_hashes))
                 ]
                 conn.executemany(
@@ -590,19 +444,7 @@ class CollectionStore:
                WHERE collection = ? AND doc_id = ? ORDER BY position""",
             (collection, doc_id),
         ).fetchall()
-        return [_make_chunk(collection, doc_id, r[0], r[1], r[2], json.loads(r[3])) for r in rows]
-
-
-def _make_chunk(collection: str, doc_id: str, position: int, text: str, chash: str, metadata: dict) -> Chunk:
-    return Chunk(
-        chunk_id=f"{doc_id}#{position}",
-        doc_id=doc_id,
-        collection=collection,
-        position=position,
-        text=text,
-        content_hash=chash,
-        metadata=metadata,
-    )
+        return [make_chunk(collection, doc_id, r[0], r[1], r[2], json.loads(r[3])) for r in rows]
 
 
 def _check_embeddings(embeddings: Any, n: int) -> np.ndarray:

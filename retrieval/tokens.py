@@ -15,6 +15,8 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
+from settings.paths import default_model_dir, env_model_path
+
 __all__ = ["approx_token_count", "make_token_counter"]
 
 logger = logging.getLogger(__name__)
@@ -27,11 +29,9 @@ def approx_token_count(text: str) -> int:
 
 def make_token_counter(tokenizer_path: str | None = None) -> Callable[[str], int]:
     """Count tokens with the HF tokenizer at `tokenizer_path` (or `$TCRAG_MODEL`), else estimate."""
-    path = tokenizer_path or os.environ.get("TCRAG_MODEL")
+    path = tokenizer_path or env_model_path()
     if not path:
-        # Where scripts/prepare_model.py puts the embedded default model (same convention).
-        home = Path(os.environ.get("TCRAG_HOME", Path.home() / ".cache" / "token-cached-rag"))
-        default = home / "models" / "SmolLM2-135M-Instruct"
+        default = default_model_dir()  # where `python -m scripts.prepare_model` puts the default model
         if (default / "tokenizer.json").is_file():
             path = str(default)
     if path and Path(path).is_dir():

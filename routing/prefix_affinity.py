@@ -20,10 +20,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from pydantic import BaseModel, ConfigDict, Field
+
 from routing.hashring import ConsistentHashRing
 
 __all__ = [
     "DEFAULT_LOAD_FACTOR",
+    "PrefixKeyConfig",
     "PrefixAffinityPolicy",
     "PromptTokens",
     "RoutingDecision",
@@ -103,6 +106,25 @@ def prefix_key(
         salt = cache_salt.encode("utf-8")
         digest.update(struct.pack("<Q", len(salt)) + salt)
     return digest.hexdigest()
+
+
+class PrefixKeyConfig(BaseModel):
+    """How a prompt's prefix key is cut: one config, read by the LLM pool client and the router alike.
+
+    Both must agree, or the session id the client sets and the key the router computes name different
+    prefixes; the app builder makes one from ``llm.router.request_router_kwargs`` and hands it to both.
+    """
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    block_size: int = Field(
+        default=DEFAULT_BLOCK_SIZE, ge=1, description="vLLM KV block size in tokens; only whole blocks enter the key."
+    )
+    max_blocks: int = Field(default=DEFAULT_MAX_BLOCKS, ge=1, description="Most leading blocks hashed into the key.")
+
+    def key(self, token_ids: Sequence[int], context_end: int | None = None, cache_salt: str | None = None) -> str | None:
+        """``prefix_key`` with this config's block size and block cap."""
+        return prefix_key(token_ids, self.block_size, self.max_blocks, context_end, cache_salt=cache_salt)
 
 
 @dataclass(frozen=True, slots=True)

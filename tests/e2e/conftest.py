@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.app_process import AppProcess
-from tests.support.redis_server import RedisServer, free_port
+from testbed.app_process import AppProcess
+from testbed.redis_server import RedisServer, free_port
 
 
 @pytest.fixture(scope="package")

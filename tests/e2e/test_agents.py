@@ -8,7 +8,7 @@ import uuid
 
 import pytest
 
-from tests.support.app_process import http_json
+from testbed.app_process import http_json
 
 pytestmark = pytest.mark.e2e
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from tests.support.app_process import http_json
+from testbed.app_process import http_json
 
 pytestmark = pytest.mark.e2e
 

@@ -20,7 +20,7 @@ from fastapi.routing import APIRoute
 from fastapi.testclient import TestClient
 
 from deployments import gateway
-from tests.support.app_process import http_json
+from testbed.app_process import http_json
 
 KEY = "s3cret-test-key"
 WRITE_ROUTES = {

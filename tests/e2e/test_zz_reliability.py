@@ -25,7 +25,7 @@ import psutil
 import pytest
 
 from benchmarks.soak import MixedLoad
-from tests.support.app_process import http_json
+from testbed.app_process import http_json
 
 pytestmark = pytest.mark.e2e
 
@@ -283,7 +283,7 @@ def test_cache_shard_killed_mid_load(app, base_url, serve_pid):
 def _fresh_chunk_key(app: Any, redis_server: Any, collection: str, doc_id: str) -> str:
     """The Redis key the new document's (single) chunk will be cached under, computed like the app does."""
     from cache.keys import ChunkKey, ChunkRef
-    from cache.token_cached_rag import chunk_segment_text
+    from rag.pipeline import chunk_segment_text
     from retrieval.store import CollectionStore
 
     client = redis_client(redis_server)
@@ -417,7 +417,7 @@ def test_fallback_serves_when_the_pool_is_unreachable(app, base_url):
 
     from llm import GenerateRequest
     from llm.fallback import FallbackConfig, FallbackLLM, OpenAIFallbackClient
-    from tests.support.redis_server import free_port
+    from testbed.redis_server import free_port
 
     prompt = [1, 9690, 30, 314, 2, 198] * 20
     status, direct = http_json("POST", f"{base_url}/v1/completions",

@@ -6,7 +6,7 @@ import threading
 import time
 from collections.abc import Sequence
 
-from cache.tokenizers import TokenizerBackend
+from tokenization import TokenizerBackend
 
 
 class FakeTokenizer(TokenizerBackend):

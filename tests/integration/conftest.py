@@ -6,7 +6,7 @@ import shutil
 
 import pytest
 
-from tests.support.redis_server import RedisServer, free_port
+from testbed.redis_server import RedisServer, free_port
 
 
 @pytest.fixture(scope="session")

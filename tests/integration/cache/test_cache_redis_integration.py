@@ -6,10 +6,10 @@ import time
 import pytest
 import redis
 
-from cache.client import TokenCache, TokenCacheConfig
+from cache import TokenCache, TokenCacheConfig
 from cache.keys import ChunkKey, ChunkRef
 from cache.redis_tier import RedisTier
-from cache.tokenizers import TiktokenTokenizer
+from tokenization import TiktokenTokenizer
 
 pytestmark = pytest.mark.integration
 
@@ -139,7 +139,7 @@ async def test_invalidate_by_document_collection_and_all(redis_url, tokenizer):
     await cache.flush()
     assert (await cache.invalidate("support_kb", "a-2"))["redis"] == 1
     assert (await cache.invalidate("support_kb"))["redis"] == 7
-    tier = cache._redis
+    tier = cache._l2.redis
     await tier.put_many({"tcrag:tok:a*:fp:1": b"1", "tcrag:tok:ab:fp:2": b"2"})
     assert await tier.invalidate("a*") == 1  # glob characters match only themselves
     await cache.invalidate_all()

@@ -5,9 +5,9 @@ import time
 
 import pytest
 
-from cache.client import TokenCache, TokenCacheConfig
+from cache import TokenCache, TokenCacheConfig
 from cache.keys import ChunkRef
-from cache.tokenizers import TiktokenTokenizer
+from tokenization import TiktokenTokenizer
 
 pytestmark = pytest.mark.integration
 

@@ -8,7 +8,8 @@ import pytest
 from retrieval.chunker import chunk_text
 from retrieval.embedder import SentenceTransformerEmbedder, make_async_embed
 from retrieval.service import RetrievalService
-from retrieval.store import CollectionStore, Document
+from retrieval.models import Document
+from retrieval.store import CollectionStore
 from retrieval.tokens import approx_token_count
 
 pytestmark = pytest.mark.integration

@@ -6,21 +6,29 @@ from pathlib import Path
 
 import pytest
 
-from agents.base import RetrievedSource
+from retrieval.models import SearchHit, content_hash, make_chunk
 
 DATA_DIR = Path(__file__).resolve().parents[3] / "data"
 
 
-def source_from_data(collection: str, doc_id: str, score: float, position: int = 0) -> RetrievedSource:
+def retrieved(chunk_id: str, doc_id: str, title: str, text: str, score: float, collection: str = "test") -> SearchHit:
+    """A search hit as retrieval returns it: the chunk (title in its metadata) and its score."""
+    position = int(chunk_id.rpartition("#")[2] or 0)
+    chunk = make_chunk(collection, doc_id, position, text, content_hash(text), {"title": title})
+    assert chunk.chunk_id == chunk_id
+    return SearchHit(chunk, score)
+
+
+def source_from_data(collection: str, doc_id: str, score: float, position: int = 0) -> SearchHit:
     """A retrieved chunk holding the whole sample document (real titles and section text)."""
     text = (DATA_DIR / collection / f"{doc_id}.md").read_text(encoding="utf-8")
     match = re.search(r"^# (.+)$", text, re.M)
     title = match.group(1).strip() if match else doc_id
-    return RetrievedSource(chunk_id=f"{doc_id}#{position}", doc_id=doc_id, title=title, text=text, score=score)
+    return retrieved(f"{doc_id}#{position}", doc_id, title, text, score, collection)
 
 
 @pytest.fixture
-def make_source() -> Callable[..., RetrievedSource]:
+def make_source() -> Callable[..., SearchHit]:
     return source_from_data
 
 

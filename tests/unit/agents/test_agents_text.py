@@ -1,6 +1,7 @@
 from __future__ import annotations
 
-from agents.base import RetrievedSource
+from retrieval.models import SearchHit
+from tests.unit.agents.conftest import retrieved
 from agents.text import (
     best_per_document,
     clean_model_text,
@@ -34,8 +35,8 @@ More.
 """
 
 
-def _source(doc_id: str, title: str, chunk: int = 0) -> RetrievedSource:
-    return RetrievedSource(f"{doc_id}#{chunk}", doc_id, title, "", 0.5)
+def _source(doc_id: str, title: str, chunk: int = 0) -> SearchHit:
+    return retrieved(f"{doc_id}#{chunk}", doc_id, title, "", 0.5)
 
 
 def test_clean_model_text_drops_chat_markers_and_non_strings():
@@ -79,7 +80,7 @@ def test_documents_by_mention_and_label():
 
 
 def test_best_per_document_keeps_the_best_chunk_in_first_appearance_order():
-    low = RetrievedSource("a#0", "a", "A", "", 0.2)
-    other = RetrievedSource("b#0", "b", "B", "", 0.5)
-    high = RetrievedSource("a#3", "a", "A", "", 0.9)
+    low = retrieved("a#0", "a", "A", "", 0.2)
+    other = retrieved("b#0", "b", "B", "", 0.5)
+    high = retrieved("a#3", "a", "A", "", 0.9)
     assert [s.chunk_id for s in best_per_document([low, other, high])] == ["a#3", "b#0"]

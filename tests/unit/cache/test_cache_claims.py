@@ -8,8 +8,8 @@ import time
 import pytest
 from pydantic import ValidationError
 
+from cache import TokenCache, TokenCacheConfig
 from cache.breaker import BreakerState
-from cache.client import TokenCache, TokenCacheConfig
 from cache.codec import encode_tokens
 from cache.keys import ChunkKey, ChunkRef
 from cache.shard import CacheShard, ClaimingShard, ClaimReply, LocalShardClient, ShardClient
@@ -22,6 +22,33 @@ class FakeClock:
 
     def __call__(self) -> float:
         return self.now
+
+
+class FakeTimer:
+    """``ClaimingShard``'s wait on a fake clock: an event not set by the time the other tasks have run
+    times out at once, and the clock jumps by the timeout (a lease lapses without sleeping)."""
+
+    def __init__(self, clock: FakeClock) -> None:
+        self.clock = clock
+
+    async def __call__(self, event: asyncio.Event, timeout_s: float) -> None:
+        await asyncio.sleep(0)  # let the other tasks run first: a put may set the event
+        if not event.is_set():
+            self.clock.now += timeout_s
+
+
+def fake_timed_front() -> tuple[ClaimingShard, FakeClock]:
+    clock = FakeClock()
+    return ClaimingShard(CacheShard(1 << 20, clock=clock), wait=FakeTimer(clock)), clock
+
+
+async def until(condition, steps: int = 100) -> None:
+    """Yield to the event loop until ``condition()`` holds (no wall-clock sleep)."""
+    for _ in range(steps):
+        if condition():
+            return
+        await asyncio.sleep(0)
+    raise AssertionError("condition not reached")
 
 
 def chunks(n=5, doc="doc"):
@@ -89,10 +116,10 @@ async def test_put_wakes_a_waiter():
     front = ClaimingShard(CacheShard(1 << 20))
     assert (await front.get_or_claim(["k", "j"], 10.0, 0.0)).claimed == ["k", "j"]
     waiter = asyncio.create_task(front.get_or_claim(["k", "j"], 10.0, 5.0))
-    await asyncio.sleep(0.01)
+    await until(lambda: "j" in front._waiters)
     assert not waiter.done()
     front.put_many({"k": b"v"}, {"k": ("c", "d")})
-    await asyncio.sleep(0.01)
+    await until(lambda: "j" in front._waiters and "k" not in front._waiters)  # woken, asked again, waits on j
     assert not waiter.done()  # still waiting for j
     t0 = time.monotonic()
     front.put_many({"j": b"w"}, {"j": ("c", "d")})
@@ -103,21 +130,23 @@ async def test_put_wakes_a_waiter():
 
 
 async def test_lapsed_lease_hands_the_claim_to_the_waiter():
-    front = ClaimingShard(CacheShard(1 << 20))
+    front, clock = fake_timed_front()
     assert (await front.get_or_claim(["k"], 0.05, 0.0)).claimed == ["k"]  # the owner then dies
-    t0 = time.monotonic()
+    t0 = clock()
     reply = await front.get_or_claim(["k"], 0.05, 2.0)
     assert reply.claimed == ["k"] and reply.waiting == {}
-    assert 0.04 <= time.monotonic() - t0 < 1.0
+    assert 0.04 <= clock() - t0 < 1.0
+    assert clock() - t0 == pytest.approx(0.05)  # waited exactly until the lease lapsed
     assert front.shard.stats()["claims_lapsed"] == 1
 
 
 async def test_wait_is_bounded_by_wait_s():
-    front = ClaimingShard(CacheShard(1 << 20))
+    front, clock = fake_timed_front()
     await front.get_or_claim(["k"], 60.0, 0.0)
-    t0 = time.monotonic()
+    t0 = clock()
     reply = await front.get_or_claim(["k"], 60.0, 0.05)
-    assert 0.04 <= time.monotonic() - t0 < 1.0
+    assert 0.04 <= clock() - t0 < 1.0
+    assert clock() - t0 == pytest.approx(0.05)  # the wait budget, not the 60 s lease
     assert reply.claimed == [] and reply.found == {} and list(reply.waiting) == ["k"]
     assert front.stats()["claim_waits_timed_out"] == 1 and front._waiters == {}
 
@@ -126,9 +155,10 @@ async def test_clear_wakes_waiters_who_then_claim_and_invalidate_does_not_deadlo
     front = ClaimingShard(CacheShard(1 << 20))
     await front.get_or_claim(["k", "j"], 60.0, 0.0)
     waiter = asyncio.create_task(front.get_or_claim(["k"], 60.0, 5.0))
-    await asyncio.sleep(0.01)
+    await until(lambda: "k" in front._waiters)
     front.shard.invalidate("c")  # claims are not entries: nothing to drop, the waiter keeps waiting
-    await asyncio.sleep(0.01)
+    for _ in range(10):
+        await asyncio.sleep(0)
     assert not waiter.done()
     front.clear()
     reply = await asyncio.wait_for(waiter, 1.0)
@@ -139,7 +169,7 @@ async def test_cancelled_waiter_leaves_no_registration():
     front = ClaimingShard(CacheShard(1 << 20))
     await front.get_or_claim(["k"], 60.0, 0.0)
     waiter = asyncio.create_task(front.get_or_claim(["k"], 60.0, 5.0))
-    await asyncio.sleep(0.01)
+    await until(lambda: "k" in front._waiters)
     waiter.cancel()
     with pytest.raises(asyncio.CancelledError):
         await waiter
@@ -211,7 +241,7 @@ async def test_replicas_holding_each_others_keys_do_not_wait_on_each_other():
     b = TokenCache(tok, [Delayed(s0, 0.03), s1], None, cfg, agent="b")
     cs = chunks(10)
     keys = [ChunkKey.for_chunk(c, tok.fingerprint).storage_key for c in cs]
-    assert {a._ring.lookup(k) for k in keys} == {"s0", "s1"}
+    assert {a._l1.ring.lookup(k) for k in keys} == {"s0", "s1"}
     t0 = time.monotonic()
     ra, rb = await asyncio.gather(a.get_tokens(cs), b.get_tokens(cs))
     assert time.monotonic() - t0 < 2.0
@@ -227,7 +257,8 @@ async def test_owner_that_fails_lets_its_claim_lapse_and_the_other_cache_takes_o
         def encode_batch(self, texts):
             raise RuntimeError("tokenizer broke")
 
-    client = LocalShardClient(CacheShard(1 << 20), "s0")
+    clock = FakeClock()
+    client = LocalShardClient(CacheShard(1 << 20, clock=clock), "s0", wait=FakeTimer(clock))
     cfg = TokenCacheConfig(shard_timeout_s=5.0, shard_claim_wait_s=2.0, shard_claim_lease_s=0.1)
     broken = TokenCache(Broken(), [client], None, cfg)
     tok = FakeTokenizer()
@@ -235,9 +266,10 @@ async def test_owner_that_fails_lets_its_claim_lapse_and_the_other_cache_takes_o
     cs = chunks(2)
     with pytest.raises(RuntimeError):
         await broken.get_tokens(cs)  # claimed both keys on the shard, never writes them
-    t0 = time.monotonic()
+    t0 = clock()
     res = await healthy.get_tokens(cs)
-    assert time.monotonic() - t0 >= 0.05  # waited for the lease, not for the 2 s wait bound
+    assert clock() - t0 >= 0.05  # waited for the lease, not for the 2 s wait bound
+    assert clock() - t0 == pytest.approx(0.1)  # exactly the 0.1 s lease, on the shard's clock
     assert res.misses == 2 and tok.texts_encoded == 2 and healthy.stats()["shards"]["s0"]["claimed"] == 2
 
 
@@ -280,13 +312,31 @@ async def test_claimed_keys_are_written_back_even_when_the_breaker_would_skip_th
     client = LocalShardClient(CacheShard(1 << 20), "s0")
     cache = TokenCache(tok, [client], None, TokenCacheConfig(shard_failure_threshold=1, shard_cooldown_s=60))
     key_a, key_b = (ChunkKey.for_chunk(c, tok.fingerprint).storage_key for c in chunks(2))
-    cache._shard_breakers["s0"].record_failure()
-    assert cache._shard_breakers["s0"].state is BreakerState.OPEN
+    cache._l1.breakers["s0"].record_failure()
+    assert cache._l1.breakers["s0"].state is BreakerState.OPEN
     owners = {key_a: ("support_kb", "doc-0"), key_b: ("support_kb", "doc-1")}
-    await cache._write({key_b: encode_tokens([2])}, {}, owners, claimed=set())
+    await cache._writer.write({cache._l1: {key_b: encode_tokens([2])}}, owners, claimed=set())
     assert client.shard.lru.get(key_b) is None  # an open breaker skips plain write-backs
-    await cache._write({key_a: encode_tokens([1])}, {}, owners, claimed={key_a})
+    await cache._writer.write({cache._l1: {key_a: encode_tokens([1])}}, owners, claimed={key_a})
     assert client.shard.lru.get(key_a) == encode_tokens([1])
+
+
+async def test_zero_claim_wait_computes_keys_claimed_elsewhere_instead_of_hanging():
+    """shard_claim_wait_s=0: the second round does not wait, so keys another replica still holds are
+    computed here (they used to be deferred again and never resolved)."""
+    tok = FakeTokenizer(delay_s=0.2)
+    shard = LocalShardClient(CacheShard(1 << 20), "s0")
+    cfg = TokenCacheConfig(shard_claim_wait_s=0.0)
+    a, b = TokenCache(tok, [shard], None, cfg), TokenCache(tok, [shard], None, cfg)
+    cs = chunks(2)
+
+    async def after_a_claimed():
+        await asyncio.sleep(0.05)
+        return await b.get_tokens(cs)
+
+    ra, rb = await asyncio.wait_for(asyncio.gather(a.get_tokens(cs), after_a_claimed()), 5)
+    assert ra.token_ids == rb.token_ids == [tok.encode(c.text) for c in cs]
+    assert rb.misses == 2 and b.stats()["shards"]["s0"]["claimed"] == 0
 
 
 def test_claim_config_validation_and_default_wait():

@@ -3,8 +3,8 @@ import asyncio
 import pytest
 from pydantic import ValidationError
 
+from cache import TokenCache, TokenCacheConfig
 from cache.breaker import CircuitBreaker
-from cache.client import TokenCache, TokenCacheConfig
 from cache.codec import encode_tokens
 from cache.keys import ChunkKey, ChunkRef
 from cache.redis_tier import RedisTier
@@ -77,7 +77,7 @@ async def test_tier_order_and_counts():
 
     stats = cache.stats()
     assert stats["overall"]["cache_hits"] == 5 and stats["overall"]["cache_misses"] == 5
-    assert stats["overall"]["hit_rate"] == 50.0
+    assert stats["overall"]["hit_rate"] == 0.5
     assert stats["l0"]["entries"] == 5 and stats["tokenizer"]["texts"] == 5
     ts = cache.token_cache_stats()
     assert ts.total_tokens_cached == sum(len(t) for t in first.token_ids)
@@ -216,7 +216,7 @@ async def test_tokenizer_error_reaches_caller_and_releases_keys():
     cache = TokenCache(Broken(), [], None, TokenCacheConfig())
     with pytest.raises(RuntimeError):
         await cache.get_tokens(chunks(2))
-    assert len(cache._flight) == 0
+    assert len(cache._lookup.flight) == 0
 
 
 async def test_dead_shard_is_skipped_by_its_breaker():
@@ -232,7 +232,7 @@ async def test_dead_shard_is_skipped_by_its_breaker():
 
 
 def test_redis_tier_from_config():
-    from cache.client import redis_tier_from_config
+    from cache.config import redis_tier_from_config
 
     assert redis_tier_from_config(TokenCacheConfig()) is None
     tier = redis_tier_from_config(TokenCacheConfig(redis_url="redis://127.0.0.1:1/0", redis_ttl_s=5))

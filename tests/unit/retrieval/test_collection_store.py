@@ -12,7 +12,8 @@ from retrieval.exceptions import (
     InvalidDocumentError,
     StoreWriteError,
 )
-from retrieval.store import CollectionStore, Document, StoreLimits
+from retrieval.models import Document, StoreLimits
+from retrieval.store import CollectionStore
 from tests.fakes.hashing_embedder import HashingEmbedder, word_count
 
 

@@ -6,7 +6,8 @@ import pytest
 from retrieval.chunker import chunk_text
 from retrieval.exceptions import CollectionNotFoundError, EmbeddingError, InvalidInputError
 from retrieval.service import RetrievalService
-from retrieval.store import CollectionStore, Document
+from retrieval.models import Document
+from retrieval.store import CollectionStore
 from tests.fakes.hashing_embedder import HashingEmbedder, word_count
 
 DOCS = [

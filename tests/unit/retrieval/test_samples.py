@@ -3,7 +3,8 @@ from pathlib import Path
 
 from retrieval.chunker import chunk_text
 from retrieval.samples import SAMPLE_COLLECTIONS, load_sample_collections, read_folder
-from retrieval.store import CollectionStore, StoreLimits
+from retrieval.models import StoreLimits
+from retrieval.store import CollectionStore
 from tests.fakes.hashing_embedder import HashingEmbedder, word_count
 
 REPO = Path(__file__).resolve().parents[3]

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from retrieval.index import ExactCosineIndex
-from retrieval.store import Chunk
+from retrieval.models import Chunk
 
 
 def make(n: int, dim: int = 16, seed: int = 0):

@@ -1,19 +1,20 @@
-"""TokenCachedRAG and AgentService end to end in one process: real store, index, token cache and prompt
+"""The RAG pipeline (TokenCachedRAG) and AgentService end to end in one process: real store, index, token cache and prompt
 assembly; only the embedder, the tokenizer and the engine are test doubles."""
 
 from __future__ import annotations
 
 import pytest
 
-from agents.service import AgentService
 from agents.support import SupportAgent, SupportRequest
-from cache.client import TokenCache, TokenCacheConfig
+from cache import TokenCache, TokenCacheConfig
 from cache.shard import CacheShard, LocalShardClient
-from cache.token_cached_rag import RAGRun, TokenCachedRAG, chunk_segment_text
 from llm import LLMServer
 from llm.prompt import ChatSegments, PromptAssembler
+from rag.agent_service import AgentService
+from rag.pipeline import RAGRequest, RAGResult, TokenCachedRAG, chunk_segment_text
 from retrieval.service import RetrievalService
-from retrieval.store import CollectionStore, Document
+from retrieval.models import Document
+from retrieval.store import CollectionStore
 from tests.fakes.fake_engine import FakeTokenEngine
 from tests.fakes.fake_tokenizer import FakeTokenizer
 from tests.fakes.hashing_embedder import HashingEmbedder
@@ -60,10 +61,10 @@ class Harness:
     def decode(ids) -> str:  # the fake engine emits ids outside the fake tokenizer's vocabulary
         return " ".join(f"t{i}" for i in ids)
 
-    async def run(self, query: str, **kwargs) -> RAGRun:
+    async def run(self, query: str, **kwargs) -> RAGResult:
         args = {"system_prompt": "You answer support questions", "collection": "support_kb", "retrieval_query": query,
                 "user_message": query, "top_k": 3, "max_tokens": 4, "temperature": 0.0, "use_cache": True}
-        return await self.rag.run(**{**args, **kwargs})
+        return await self.rag.run(RAGRequest(**{**args, **kwargs}))
 
 
 @pytest.fixture
@@ -149,10 +150,10 @@ async def test_context_budget_drops_lowest_scoring_whole_chunks(tmp_path):
 
 
 async def test_stream_yields_tokens_then_the_run(harness):
-    items = [item async for item in harness.rag.run_stream(
+    items = [item async for item in harness.rag.run_stream(RAGRequest(
         system_prompt="s", collection="support_kb", retrieval_query="refund", user_message="refund",
-        top_k=2, max_tokens=3, temperature=0.0, use_cache=True)]
-    assert isinstance(items[-1], RAGRun)
+        top_k=2, max_tokens=3, temperature=0.0, use_cache=True))]
+    assert isinstance(items[-1], RAGResult)
     streamed = [t for item in items[:-1] for t in item]
     assert streamed == items[-1].output_token_ids
     assert items[-1].latency_ms["ttft"] <= items[-1].latency_ms["total"]
@@ -162,13 +163,13 @@ async def test_plan_api_retrieve_tokens_then_generate(harness):
     token_ids, stats = await harness.rag.retrieve_tokens("reset password", "support_kb", top_k=2)
     assert token_ids and stats.cache_misses == 2
     token_ids_again, stats = await harness.rag.retrieve_tokens("reset password", "support_kb", top_k=2)
-    assert token_ids_again == token_ids and stats.cache_hits == 2 and stats.hit_rate == 50.0
+    assert token_ids_again == token_ids and stats.cache_hits == 2 and stats.hit_rate == 0.5
     result = await harness.rag.generate_with_rag("reset password", token_ids, max_tokens=3)
     assert result.completion_tokens == 3
 
 
 async def test_agent_service_answers_in_the_contract_shape(harness):
-    service = AgentService(SupportAgent(), harness.rag, harness.decode)
+    service = AgentService(SupportAgent(), harness.rag, harness.retrieval)
     body = await service.answer(SupportRequest(query="how do refunds work", top_k=2, max_tokens=4))
     assert body["agent"] == "support"
     assert body["sources"] and all("#" in s for s in body["sources"])

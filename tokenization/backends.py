@@ -1,9 +1,5 @@
-"""Tokenizer backends behind one small contract, each with a fingerprint that goes into every cache key.
-
-The fingerprint is a sha256 over everything that decides which IDs a text gets: backend kind,
-vocabulary, merges/ranks, special tokens, normalization/pre-tokenization (for HF, the whole serialized
-fast tokenizer) and the library version. Two tokenizers that could disagree on one text never share
-cache entries; the same tokenizer loaded in two processes always does.
+"""Tokenizer backends behind one small contract, each with a fingerprint (see ``fingerprints``) that
+goes into every token-cache key.
 
 Both backends encode chunk text WITHOUT adding special tokens and treat special-token text inside a
 chunk (e.g. a document quoting ``<|im_end|>``) as plain text: retrieved content must not be able to
@@ -12,27 +8,17 @@ inject chat-control tokens into the prompt.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import Any
 
+from tokenization.fingerprints import hf_fingerprint, tiktoken_fingerprint
+
 __all__ = ["TokenizerBackend", "HuggingFaceTokenizer", "TiktokenTokenizer"]
 
 logger = logging.getLogger(__name__)
-
-
-def _sha256_parts(*parts: str | bytes) -> str:
-    h = hashlib.sha256()
-    for part in parts:
-        data = part.encode("utf-8") if isinstance(part, str) else part
-        # Length-prefix each part so that ("ab", "c") and ("a", "bc") hash differently.
-        h.update(len(data).to_bytes(8, "little"))
-        h.update(data)
-    return h.hexdigest()
 
 
 class TokenizerBackend(ABC):
@@ -82,28 +68,8 @@ class HuggingFaceTokenizer(TokenizerBackend):
         # transformers resets truncation/padding on the Rust tokenizer inside each call; two threads doing
         # that at once fail with "Already borrowed". One lock: the Rust batch encode is parallel inside.
         self._lock = threading.Lock()
-        self._fingerprint = self._compute_fingerprint(tok)
+        self._fingerprint = hf_fingerprint(tok)
         logger.info("HF tokenizer %s fingerprint %s", name, self._fingerprint[:16])
-
-    @staticmethod
-    def _compute_fingerprint(tok: Any) -> str:
-        import transformers
-
-        backend = getattr(tok, "backend_tokenizer", None)
-        if backend is not None:
-            # The serialized fast tokenizer holds vocab, merges, added/special tokens, normalizer,
-            # pre-tokenizer and post-processor: everything that decides the IDs.
-            spec = backend.to_str()
-            import tokenizers as hf_tokenizers
-
-            lib = f"transformers={transformers.__version__};tokenizers={hf_tokenizers.__version__}"
-        else:
-            spec = json.dumps(sorted(tok.get_vocab().items()))
-            lib = f"transformers={transformers.__version__}"
-        specials = json.dumps(
-            {"special": sorted(map(str, tok.all_special_tokens)), "added": sorted(tok.get_added_vocab().items())}
-        )
-        return _sha256_parts("hf", type(tok).__name__, spec, specials, lib)
 
     @property
     def tokenizer(self) -> Any:
@@ -145,17 +111,7 @@ class TiktokenTokenizer(TokenizerBackend):
 
         self.name = encoding_name
         self._enc = tiktoken.get_encoding(encoding_name)
-        ranks = self._enc._mergeable_ranks  # noqa: SLF001 - the ranks ARE the vocabulary and merges
-        h = hashlib.sha256()
-        for token, rank in sorted(ranks.items(), key=lambda kv: kv[1]):
-            h.update(rank.to_bytes(4, "little"))
-            h.update(len(token).to_bytes(2, "little"))
-            h.update(token)
-        specials = json.dumps(sorted(self._enc._special_tokens.items()))  # noqa: SLF001
-        self._fingerprint = _sha256_parts(
-            "tiktoken", self._enc.name, self._enc._pat_str, h.hexdigest(), specials,  # noqa: SLF001
-            f"tiktoken={tiktoken.__version__}",
-        )
+        self._fingerprint = tiktoken_fingerprint(self._enc)
         logger.info("tiktoken %s fingerprint %s", encoding_name, self._fingerprint[:16])
 
     @property

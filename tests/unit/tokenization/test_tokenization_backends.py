@@ -1,6 +1,6 @@
 from transformers import AutoTokenizer
 
-from cache.tokenizers import HuggingFaceTokenizer, TiktokenTokenizer
+from tokenization import HuggingFaceTokenizer, TiktokenTokenizer
 
 from tests.fakes.fake_hf_tokenizer import build_hf_tokenizer_dir
 

@@ -1,11 +1,14 @@
 """``TokenCachedRAG``: retrieve, fetch cached token IDs, assemble, generate, for one agent replica.
 
+The request pipeline sits above the libraries it joins (``retrieval``, ``cache``, ``llm``): a typed
+``RAGRequest`` in, a typed ``RAGResult`` out.
+
 The original plan's pattern, kept as its public API::
 
     token_ids, stats = await rag.retrieve_tokens(query, collection_name="support_kb", top_k=5)
     result = await rag.generate_with_rag(query, context_token_ids=token_ids, max_tokens=500)
 
-``run``/``run_stream`` do the whole request in both modes and return what the HTTP contract reports:
+``run``/``run_stream`` serve one ``RAGRequest`` in either mode and return what the HTTP contract reports:
 
 - cached (``use_cache=True``): chunks in canonical order, their token IDs from the token cache (never
   re-tokenized), the prompt assembled as token IDs with ``prefix_len`` for the router, vLLM prefix
@@ -23,43 +26,32 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Protocol
 
-from cache.client import TokenCache, TokenLookup
+from cache import TokenCache, TokenLookup
 from cache.keys import ChunkRef
 from cache.stats import TokenCacheStats
 from llm.prompt import PromptAssembler, canonical_order
 from llm.types import GenerateRequest, GenerateResult, StreamDelta
+from retrieval.models import Chunk, SearchHit
 
-__all__ = ["TokenCachedRAG", "RAGRun", "SourceChunk", "chunk_segment_text"]
+__all__ = ["LLMGenerator", "TokenCachedRAG", "RAGRequest", "RAGResult", "chunk_segment_text"]
 
 logger = logging.getLogger(__name__)
 
 
-class _Chunk(Protocol):
-    chunk_id: str
-    doc_id: str
-    collection: str
-    position: int
-    text: str
-    metadata: dict
+class LLMGenerator(Protocol):
+    """The LLM pool as the pipeline calls it (the Serve pool client, a fallback wrapper, a test double)."""
 
-
-class _Hit(Protocol):
-    chunk: _Chunk
-    score: float
-
-
-class _LLM(Protocol):
     async def generate(self, request: GenerateRequest) -> GenerateResult: ...
 
     def generate_stream(self, request: GenerateRequest) -> AsyncIterator[StreamDelta]: ...
 
 
-SearchFn = Callable[[str, str, int], Awaitable[Sequence[_Hit]]]  # (collection, query, top_k) -> hits
+SearchFn = Callable[[str, str, int], Awaitable[Sequence[SearchHit]]]  # (collection, query, top_k) -> hits
 
 
-def chunk_segment_text(chunk: _Chunk) -> str:
+def chunk_segment_text(chunk: Chunk) -> str:
     """The exact text a chunk contributes to a prompt; its token IDs are what the cache stores.
 
     The source label is part of the cached segment so that the model can cite it and so that the
@@ -69,19 +61,28 @@ def chunk_segment_text(chunk: _Chunk) -> str:
 
 
 @dataclass(frozen=True, slots=True)
-class SourceChunk:
-    chunk_id: str
-    doc_id: str
-    title: str
-    text: str
-    score: float
+class RAGRequest:
+    """One agent request as the pipeline sees it: what to retrieve, what to ask, and in which mode."""
+
+    system_prompt: str
+    collection: str
+    retrieval_query: str
+    user_message: str
+    top_k: int = 5
+    max_tokens: int = 128
+    temperature: float = 0.0
+    use_cache: bool = True
+    prefix_cache: bool = True
 
 
 @dataclass(slots=True)
-class RAGRun:
-    """One request's outcome in the units of the HTTP contract (milliseconds, token counts)."""
+class RAGResult:
+    """One request's outcome in the units of the HTTP contract (milliseconds, token counts).
 
-    sources: list[SourceChunk]
+    ``sources`` are the chunks the model saw, in prompt order.
+    """
+
+    sources: list[SearchHit]
     output_token_ids: list[int]
     text: str
     prompt_tokens: int
@@ -102,16 +103,10 @@ class RAGRun:
 @dataclass(frozen=True, slots=True)
 class _Prepared:
     request: GenerateRequest
-    sources: list[SourceChunk]
+    sources: list[SearchHit]
     lookup: TokenLookup | None
     retrieve_ms: float
     tokens_ms: float
-
-
-def _source(hit: _Hit) -> SourceChunk:
-    chunk = hit.chunk
-    title = str((chunk.metadata or {}).get("title") or chunk.doc_id)
-    return SourceChunk(chunk.chunk_id, chunk.doc_id, title, chunk.text, float(hit.score))
 
 
 class TokenCachedRAG:
@@ -122,7 +117,7 @@ class TokenCachedRAG:
         search: SearchFn,
         token_cache: TokenCache,
         assembler: PromptAssembler,
-        llm: _LLM,
+        llm: LLMGenerator,
         encode: Callable[[str], list[int]],
         decode: Callable[[Sequence[int]], str],
         plain_prompt_ids: Callable[[str, list[str], str], list[int]],
@@ -144,6 +139,9 @@ class TokenCachedRAG:
     def token_cache(self) -> TokenCache:
         return self._cache
 
+    def decode(self, token_ids: Sequence[int]) -> str:
+        return self._decode(token_ids)
+
     # ---------------------------------------------------------------- the plan's API
 
     async def retrieve_tokens(self, query: str, collection_name: str, top_k: int = 5) -> tuple[list[int], TokenCacheStats]:
@@ -162,7 +160,7 @@ class TokenCachedRAG:
             prompt_token_ids=prompt.token_ids, max_tokens=max_tokens, temperature=temperature,
             prefix_len=prompt.prefix_len))
 
-    async def warmup(self, chunks: Sequence[_Chunk], progress: Callable[[int, int], None] | None = None) -> int:
+    async def warmup(self, chunks: Sequence[Chunk], progress: Callable[[int, int], None] | None = None) -> int:
         return await self._cache.warmup([self._ref(c) for c in chunks], progress=progress)
 
     async def invalidate(self, collection: str, doc_id: str | None = None) -> dict[str, int]:
@@ -170,39 +168,38 @@ class TokenCachedRAG:
 
     # ---------------------------------------------------------------- one request
 
-    def _ref(self, chunk: _Chunk) -> ChunkRef:
+    def _ref(self, chunk: Chunk) -> ChunkRef:
         return ChunkRef(collection=chunk.collection, doc_id=chunk.doc_id, chunk_id=chunk.chunk_id,
                         text=chunk_segment_text(chunk))
 
-    async def _prepare(self, *, system_prompt: str, collection: str, retrieval_query: str, user_message: str,
-                       top_k: int, max_tokens: int, temperature: float, use_cache: bool,
-                       prefix_cache: bool = True) -> _Prepared:
+    async def _prepare(self, request: RAGRequest) -> _Prepared:
         started = self._clock()
-        hits = list(await self._search(collection, retrieval_query, top_k))
+        hits = list(await self._search(request.collection, request.retrieval_query, request.top_k))
         retrieved = self._clock()
-        if not use_cache:
+        if not request.use_cache:
             texts = [chunk_segment_text(h.chunk) for h in hits]  # retrieval order, as plain RAG does
             # Render the chat template as text and tokenize all of it now, in a worker thread.
-            prompt_ids = await asyncio.to_thread(self._plain_prompt_ids, system_prompt, texts, user_message)
-            request = GenerateRequest(prompt_token_ids=prompt_ids, max_tokens=max_tokens, temperature=temperature,
-                                      cache_salt=uuid.uuid4().hex)
-            return _Prepared(request, [_source(h) for h in hits], None,
+            prompt_ids = await asyncio.to_thread(self._plain_prompt_ids, request.system_prompt, texts,
+                                                 request.user_message)
+            generate = GenerateRequest(prompt_token_ids=prompt_ids, max_tokens=request.max_tokens,
+                                       temperature=request.temperature, cache_salt=uuid.uuid4().hex)
+            return _Prepared(generate, hits, None,
                              (retrieved - started) * 1e3, (self._clock() - retrieved) * 1e3)
         order = canonical_order([(h.chunk.doc_id, h.chunk.position) for h in hits])
         ordered = [hits[i] for i in order]
         lookup = await self._cache.get_tokens([self._ref(h.chunk) for h in ordered])
-        user_ids = self._encode(user_message)
-        prompt = self._assembler.assemble(system_prompt, lookup.token_ids, [h.score for h in ordered],
-                                          user_ids, max_tokens)
+        user_ids = self._encode(request.user_message)
+        prompt = self._assembler.assemble(request.system_prompt, lookup.token_ids, [h.score for h in ordered],
+                                          user_ids, request.max_tokens)
         # Chunks dropped for length are not sources: report only what the model saw, in prompt order.
         kept = [ordered[i] for i in prompt.kept]
-        request = GenerateRequest(prompt_token_ids=prompt.token_ids, max_tokens=max_tokens, temperature=temperature,
-                                  prefix_len=prompt.prefix_len,
-                                  cache_salt=None if prefix_cache else uuid.uuid4().hex)
-        return _Prepared(request, [_source(h) for h in kept], lookup,
+        generate = GenerateRequest(prompt_token_ids=prompt.token_ids, max_tokens=request.max_tokens,
+                                   temperature=request.temperature, prefix_len=prompt.prefix_len,
+                                   cache_salt=None if request.prefix_cache else uuid.uuid4().hex)
+        return _Prepared(generate, kept, lookup,
                          (retrieved - started) * 1e3, (self._clock() - retrieved) * 1e3)
 
-    def _finish(self, prepared: _Prepared, result: GenerateResult, started: float, first_token_at: float | None) -> RAGRun:
+    def _finish(self, prepared: _Prepared, result: GenerateResult, started: float, first_token_at: float | None) -> RAGResult:
         now = self._clock()
         pre_ms = prepared.retrieve_ms + prepared.tokens_ms
         if first_token_at is not None:
@@ -210,7 +207,7 @@ class TokenCachedRAG:
         else:  # not streamed: the replica measured its own time to first token
             ttft_ms = pre_ms + result.ttft_s * 1e3
         lookup = prepared.lookup
-        run = RAGRun(
+        run = RAGResult(
             sources=prepared.sources,
             output_token_ids=list(result.token_ids),
             text=self._decode(result.token_ids),
@@ -236,17 +233,17 @@ class TokenCachedRAG:
         )
         return run
 
-    async def run(self, **kwargs: Any) -> RAGRun:
-        """Serve one request to completion (see ``_prepare`` for the arguments)."""
+    async def run(self, request: RAGRequest) -> RAGResult:
+        """Serve one request to completion."""
         started = self._clock()
-        prepared = await self._prepare(**kwargs)
+        prepared = await self._prepare(request)
         result = await self._llm.generate(prepared.request)
         return self._finish(prepared, result, started, None)
 
-    async def run_stream(self, **kwargs: Any) -> AsyncIterator[list[int] | RAGRun]:
-        """Yield lists of new output token IDs as they come, then the finished ``RAGRun``."""
+    async def run_stream(self, request: RAGRequest) -> AsyncIterator[list[int] | RAGResult]:
+        """Yield lists of new output token IDs as they come, then the finished ``RAGResult``."""
         started = self._clock()
-        prepared = await self._prepare(**kwargs)
+        prepared = await self._prepare(request)
         first_token_at: float | None = None
         async for delta in self._llm.generate_stream(prepared.request):
             if delta.token_ids and first_token_at is None:

@@ -1,0 +1,1 @@
+"""The RAG pipeline above the libraries it joins: retrieve -> tokens -> assemble -> generate -> post-process."""

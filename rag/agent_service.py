@@ -1,0 +1,110 @@
+"""One agent bound to its pipeline: agent request in, the HTTP contract's answer out (post-processing included)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from agents.base import Agent, AgentRequest
+from rag.pipeline import RAGRequest, RAGResult, TokenCachedRAG
+from retrieval.service import RetrievalService
+
+__all__ = ["AgentService"]
+
+logger = logging.getLogger(__name__)
+
+
+class AgentService:
+    """One agent bound to its RAG pipeline; ``answer`` and ``answer_stream`` return contract-shaped dicts."""
+
+    def __init__(self, agent: Agent, rag: TokenCachedRAG, retrieval: RetrievalService, collection: str | None = None,
+                 clock: Callable[[], float] = time.perf_counter) -> None:
+        self.agent = agent
+        self.rag = rag
+        self.retrieval = retrieval
+        self.collection = collection or agent.collection
+        self._clock = clock
+        self.warmup_status: dict[str, Any] = {"state": "pending", "done": 0, "total": 0, "seconds": 0.0}
+
+    async def warmup(self) -> dict[str, Any]:
+        """Tokenize the agent's whole collection into the cache; an optimisation, so failures only log."""
+        started = self._clock()
+        status = self.warmup_status
+        status["state"] = "running"
+        try:
+            chunks, _ = await asyncio.to_thread(self.retrieval.store.load, self.collection)
+            status["total"] = len(chunks)
+
+            def progress(done: int, total: int) -> None:
+                status.update(done=done, total=total)
+
+            await self.rag.warmup(chunks, progress=progress)
+            status["state"] = "done"
+        except Exception as err:  # the agent serves without a warm cache
+            status["state"] = f"failed: {err}"
+            logger.warning("warm-up of %s failed: %s", self.collection, err)
+        status["seconds"] = round(self._clock() - started, 3)
+        logger.info("agent=%s warm-up %s: %s chunks in %.1f s", self.agent.name, status["state"], status["total"],
+                    status["seconds"])
+        return dict(status)
+
+    def cache_stats(self) -> dict[str, Any]:
+        cache = self.rag.token_cache
+        return {"agent": self.agent.name, "collection": self.collection, "tiers": cache.stats(),
+                "summary": cache.token_cache_stats().to_dict(), "warmup": dict(self.warmup_status)}
+
+    def rag_request(self, request: AgentRequest) -> RAGRequest:
+        """The pipeline's view of an agent request: the agent supplies the prompt parts."""
+        return RAGRequest(
+            system_prompt=self.agent.system_prompt,
+            collection=self.collection,
+            retrieval_query=self.agent.retrieval_query(request),
+            user_message=self.agent.user_message(request),
+            top_k=request.top_k,
+            max_tokens=request.max_tokens,
+            temperature=request.temperature,
+            use_cache=request.use_cache,
+            prefix_cache=request.prefix_cache,
+        )
+
+    def _response(self, run: RAGResult, request: AgentRequest) -> dict[str, Any]:
+        return {
+            "agent": self.agent.name,
+            "output": self.agent.postprocess(run.text, run.sources, request),
+            "sources": [s.chunk_id for s in run.sources],
+            "usage": {
+                "prompt_tokens": run.prompt_tokens,
+                "prefix_cached_tokens": run.prefix_cached_tokens,
+                "completion_tokens": run.completion_tokens,
+            },
+            "cache": {"hits": run.cache_hits, "misses": run.cache_misses, "hit_rate": round(run.cache_hit_rate, 4)},
+            "latency_ms": run.latency_ms,
+        }
+
+    async def answer(self, request: AgentRequest) -> dict[str, Any]:
+        run = await self.rag.run(self.rag_request(request))
+        return self._response(run, request)
+
+    async def answer_stream(self, request: AgentRequest) -> AsyncIterator[str]:
+        """Server-sent events: ``{"delta": text}`` as tokens arrive, then the full answer, then ``[DONE]``."""
+        ids: list[int] = []
+        sent = ""
+        async for item in self.rag.run_stream(self.rag_request(request)):
+            if isinstance(item, RAGResult):
+                yield _sse(self._response(item, request))
+                continue
+            ids.extend(item)
+            # Decode the whole output each time: a token may complete a multi-byte character only later.
+            text = self.rag.decode(ids)
+            if len(text) > len(sent) and text.startswith(sent):
+                yield _sse({"delta": text[len(sent):]})
+                sent = text
+        yield "data: [DONE]\n\n"
+
+
+def _sse(payload: dict[str, Any]) -> str:
+    return f"data: {json.dumps(payload)}\n\n"

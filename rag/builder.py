@@ -1,0 +1,88 @@
+"""Wires one agent's pipeline from its config: the one place where the parts are put together.
+
+The agent deployment calls ``build_agent_service``; the gateway calls ``build_retrieval`` and
+``build_llm`` for the parts it shares with the agents; tests call the same functions with test doubles
+in place of the Serve handles (shard clients, LLM pool, embedder). Nothing here imports Ray.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from agents.registry import agent_by_name
+from cache import TokenCache
+from cache.config import TokenCacheConfig, redis_tier_from_config
+from cache.shard import ShardClient
+from llm.fallback import FallbackConfig, build_fallback_llm
+from llm.prompt import ChatSegments, PromptAssembler, plain_prompt_ids
+from rag.agent_service import AgentService
+from rag.pipeline import LLMGenerator, TokenCachedRAG
+from retrieval.config import RetrievalConfig
+from retrieval.service import RetrievalService
+from routing.prefix_affinity import PrefixKeyConfig
+from tokenization import HuggingFaceTokenizer, TokenizerBackend
+
+__all__ = ["AgentPipelineConfig", "EmbedFn", "build_agent_service", "build_llm", "build_retrieval"]
+
+EmbedFn = Callable[[list[str]], Awaitable[np.ndarray]]
+
+
+class AgentPipelineConfig(BaseModel):
+    """Everything one agent's pipeline needs; the app builder makes it from serve_config.yaml.
+
+    The retrieval, token-cache and prefix-key configs are the app's own objects, embedded as they are.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    agent: str = Field(description="Agent name (agents.registry).")
+    collection: str = Field(description="Collection the agent retrieves from.")
+    model_path: str = Field(description="Served model folder (tokenizer and chat template).")
+    max_model_len: int = Field(description="Model context length, for the prompt budget.")
+    retrieval: RetrievalConfig = Field(description="The app's retrieval config (store, chunking, top_k limits).")
+    token_cache: TokenCacheConfig = Field(description="This agent's token cache settings.")
+    prefix_key: PrefixKeyConfig = Field(default_factory=PrefixKeyConfig, description="Shared with the router.")
+    llm_timeout_s: float = Field(default=120.0, gt=0, description="Longest wait for the LLM pool.")
+    llm_fallback: FallbackConfig | None = Field(default=None, description="Endpoint used when the pool is unavailable.")
+    embed_timeout_s: float = Field(default=30.0, gt=0, description="Longest wait for the embedder.")
+    warmup: bool = Field(default=True, description="Tokenize the whole collection into the cache at start.")
+
+
+def build_retrieval(config: RetrievalConfig, tokenizer: TokenizerBackend, embed: EmbedFn) -> RetrievalService:
+    """The collection store, vector search and a chunker counting the served model's tokens."""
+    return RetrievalService.from_config(config, embed, lambda text: len(tokenizer.encode(text)))
+
+
+def build_llm(pool: LLMGenerator, fallback: FallbackConfig | None) -> LLMGenerator:
+    """The LLM pool, backed by the configured fallback endpoint when there is one."""
+    return build_fallback_llm(pool, fallback)
+
+
+def build_agent_service(
+    config: AgentPipelineConfig,
+    *,
+    tokenizer: HuggingFaceTokenizer,
+    shards: Sequence[ShardClient],
+    llm: LLMGenerator,
+    embed: EmbedFn,
+) -> AgentService:
+    """One agent's whole pipeline: retrieval, token cache (L0 + shard group + Redis), prompt assembly, LLM."""
+    agent = agent_by_name(config.agent)()
+    token_cache = TokenCache(tokenizer, list(shards), redis_tier_from_config(config.token_cache), config.token_cache,
+                             agent=agent.name)
+    retrieval = build_retrieval(config.retrieval, tokenizer, embed)
+    hf = tokenizer.tokenizer
+    rag = TokenCachedRAG(
+        search=retrieval.search,
+        token_cache=token_cache,
+        assembler=PromptAssembler(ChatSegments.from_hf_tokenizer(hf), tokenizer.encode, config.max_model_len),
+        llm=build_llm(llm, config.llm_fallback),
+        encode=tokenizer.encode,
+        decode=tokenizer.decode,
+        plain_prompt_ids=lambda system, texts, user: plain_prompt_ids(hf, system, texts, user),
+        agent=agent.name,
+    )
+    return AgentService(agent, rag, retrieval, collection=config.collection)

@@ -1,0 +1,1 @@
+"""Process helpers shared by the tests and the benchmarks: the app under `serve run`, a throwaway redis-server."""
