@@ -6,21 +6,41 @@ lookup, a business brief, code to test, code to review, an evolution task with a
 Popularity follows Zipf's law (P(rank k) proportional to 1/k^s, s about 1.1) over a seeded permutation of
 the topics, so a few topics repeat often and a long tail shows up once, like real support traffic.
 
+Realistic traffic (``TrafficGenerator``, ``traffic_plan``) comes from the hand-written material in
+``data/eval/traffic/<agent>.jsonl``: first sightings, rephrasings and edited code of topics already seen,
+verbatim repeats and follow-up turns of conversations, each request tagged with its traffic class.
+
 Everything here is pure and seeded: the harness, Locust and the unit tests build the same workloads.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
 __all__ = [
     "AGENT_SPECS",
     "AgentSpec",
+    "TRAFFIC_CLASSES",
+    "TrafficGenerator",
+    "TrafficItem",
+    "TrafficMix",
+    "TrafficPlan",
+    "TrafficTopic",
+    "class_shares",
+    "load_traffic",
+    "traffic_capacity",
+    "traffic_counts",
+    "traffic_path",
+    "traffic_plan",
+    "warmup_sequence",
     "Topic",
     "ZipfSampler",
     "build_topics",
@@ -257,3 +277,347 @@ def router_workload(
 def covered_warmup(agents: list[str], extra: int) -> int:
     """Length of a warm-up that covers every topic once and then sends ``extra`` Zipf draws."""
     return sum(len(build_topics(a)) for a in agents) + extra
+
+
+# -- realistic traffic: first sightings, rephrasings and edits, verbatim repeats, follow-up turns -------------
+#
+# The material is hand-written in ``data/eval/traffic/<agent>.jsonl`` (format: ``data/eval/traffic/README.md``):
+# per topic its first wording, at least three rephrasings, edited code for the code agents and the follow-up
+# turns of a conversation for support and documentation. ``TrafficGenerator`` turns it into a stream of
+# requests, each tagged with its traffic class (the names of DESIGN.md's benchmark contract):
+#
+# - ``first``: a topic not seen before, in its first wording;
+# - ``rephrased``: a rephrasing, or an edited snippet, of a topic already seen, never sent before itself;
+# - ``repeat``: a verbatim copy of a standalone request already sent (never of a follow-up turn);
+# - ``followup``: the next turn of a conversation already started, with its ``session_id`` and turn index.
+#
+# Topics are drawn Zipf over a seeded popularity ranking (the same ranking as ``ZipfSampler``), the class of
+# each request from ``TrafficMix``; a class with no material at that point (no unseen topic left, no unused
+# rephrasing of a seen topic, nothing sent yet, no open conversation, an agent without follow-ups) is left
+# out and the others renormalized. Every draw comes from one seeded generator, so a seed gives one sequence.
+
+TRAFFIC_CLASSES: tuple[str, ...] = ("first", "rephrased", "repeat", "followup")
+TRAFFIC_SUBDIR = Path("eval") / "traffic"
+DEFAULT_MAX_OPEN_SESSIONS = 16
+_FOLLOWUP_FIELD = "query"  # the body field a follow-up turn's text goes into (support, documentation)
+
+
+@dataclass(frozen=True, slots=True)
+class TrafficTopic:
+    """One topic's hand-written material: what a user asks first, in other words, edited, and next."""
+
+    agent: str
+    topic: str  # the eval label (document id) it came from
+    relevant: tuple[str, ...]  # document ids a good retrieval returns, for recall@k on every wording
+    first: dict[str, Any] = field(hash=False)
+    rephrased: tuple[dict[str, Any], ...] = field(default=(), hash=False)
+    edited: tuple[dict[str, Any], ...] = field(default=(), hash=False)
+    followups: tuple[str, ...] = ()
+
+    def variants(self) -> list[tuple[str, dict[str, Any]]]:
+        """``[(variant name, body), ...]`` for the ``rephrased`` class: ``rephrased:i`` then ``edited:i``."""
+        return [(f"rephrased:{i}", b) for i, b in enumerate(self.rephrased)] + [
+            (f"edited:{i}", b) for i, b in enumerate(self.edited)
+        ]
+
+
+def traffic_path(agent: str, data_dir: Path = DEFAULT_DATA_DIR) -> Path:
+    return Path(data_dir) / TRAFFIC_SUBDIR / f"{agent}.jsonl"
+
+
+def load_traffic(agent: str, data_dir: Path = DEFAULT_DATA_DIR) -> list[TrafficTopic]:
+    """The traffic material of one agent, in file order (the order of its eval file)."""
+    if agent not in AGENT_SPECS:
+        raise KeyError(f"unknown agent {agent!r}")
+    topics = []
+    for line in traffic_path(agent, data_dir).read_text().splitlines():
+        if not line.strip():
+            continue
+        row = json.loads(line)
+        topics.append(TrafficTopic(
+            agent=agent, topic=row["topic"], relevant=tuple(row.get("relevant") or [row["topic"]]),
+            first=dict(row["first"]), rephrased=tuple(dict(b) for b in row.get("rephrased", [])),
+            edited=tuple(dict(b) for b in row.get("edited", [])), followups=tuple(row.get("followups", []))))
+    return topics
+
+
+def traffic_counts(agent: str, data_dir: Path = DEFAULT_DATA_DIR) -> dict[str, int]:
+    """How much material one agent has: topics, rephrasings, edited snippets, follow-up turns."""
+    topics = load_traffic(agent, data_dir)
+    return {"topics": len(topics), "rephrased": sum(len(t.rephrased) for t in topics),
+            "edited": sum(len(t.edited) for t in topics), "followups": sum(len(t.followups) for t in topics)}
+
+
+class TrafficMix(BaseModel):
+    """The share of each traffic class, as configured (any non-negative weights; they are normalized).
+
+    A class with no material at some point of the stream is left out and the others renormalized, so the
+    realized shares (``class_shares``) can differ from these: report both."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    first: float = Field(default=0.2, ge=0.0, description="first sighting of a topic, first wording")
+    rephrased: float = Field(default=0.4, ge=0.0, description="rephrasing or edited snippet of a seen topic")
+    repeat: float = Field(default=0.2, ge=0.0, description="verbatim repeat of a request already sent")
+    followup: float = Field(default=0.2, ge=0.0, description="next turn of a conversation already started")
+
+    @model_validator(mode="after")
+    def _some_weight(self) -> TrafficMix:
+        if sum(self.weights().values()) <= 0:
+            raise ValueError("at least one traffic class needs a positive share")
+        return self
+
+    def weights(self) -> dict[str, float]:
+        return {c: float(getattr(self, c)) for c in TRAFFIC_CLASSES}
+
+    def shares(self, available: Sequence[str] | None = None) -> dict[str, float]:
+        """Normalized shares over ``available`` classes (all by default); the others get 0."""
+        allowed = set(TRAFFIC_CLASSES if available is None else available)
+        w = {c: (v if c in allowed else 0.0) for c, v in self.weights().items()}
+        total = sum(w.values())
+        return {c: (v / total if total > 0 else 0.0) for c, v in w.items()}
+
+    @classmethod
+    def parse(cls, text: str) -> TrafficMix:
+        """``"first=0.2,rephrased=0.4,repeat=0.2,followup=0.2"`` (a command-line option); missing classes
+        keep their defaults."""
+        values: dict[str, float] = {}
+        for part in filter(None, (p.strip() for p in text.split(","))):
+            name, sep, value = part.partition("=")
+            if not sep or name.strip() not in TRAFFIC_CLASSES:
+                raise ValueError(f"traffic mix: expected class=share with a class in {TRAFFIC_CLASSES}, got {part!r}")
+            values[name.strip()] = float(value)
+        return cls(**values)
+
+
+@dataclass(frozen=True, slots=True)
+class TrafficItem:
+    """One request of a traffic stream and what it is."""
+
+    index: int  # position in its agent's stream (0-based)
+    agent: str
+    route: str  # POST path
+    traffic_class: str  # one of TRAFFIC_CLASSES
+    topic: str
+    variant: str  # "first", "rephrased:i", "edited:i", "followup:i" (a repeat names the variant it copies)
+    body: dict[str, Any] = field(hash=False)  # the agent's own fields, without session or mode knobs
+    relevant: tuple[str, ...] = ()
+    session_id: str | None = None  # set on a conversation's opening turn and on its follow-ups
+    turn: int | None = None  # 0 for the opening turn, 1.. for follow-ups
+    history: tuple[str, ...] = ()  # follow-ups: the user texts of the earlier turns, oldest first
+    repeat_of: int | None = None  # repeats: the index of the item they copy
+
+    def request_body(self, extra: dict[str, Any] | None = None, session_prefix: str = "") -> dict[str, Any]:
+        """The JSON body to send: the agent's fields, ``session_id`` (with ``session_prefix``, e.g. one per
+        benchmark mode so modes never share a conversation) when the item has one, then ``extra`` (mode
+        fields such as ``use_cache``, ``cache_salt``, ``max_tokens``)."""
+        out = dict(self.body)
+        if self.session_id is not None:
+            out["session_id"] = f"{session_prefix}{self.session_id}"
+        out.update(extra or {})
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"index": self.index, "agent": self.agent, "route": self.route, "class": self.traffic_class,
+                "topic": self.topic, "variant": self.variant, "body": dict(self.body),
+                "relevant": list(self.relevant), "session_id": self.session_id, "turn": self.turn,
+                "history": list(self.history), "repeat_of": self.repeat_of}
+
+
+@dataclass(slots=True)
+class _Session:
+    session_id: str
+    topic: TrafficTopic
+    history: list[str]
+    next_turn: int = 1
+
+
+class TrafficGenerator:
+    """An endless, seeded stream of one agent's traffic (``next()``, ``take(n)``, iteration).
+
+    The same (agent, mix, seed, s, stream, material) always gives the same sequence. Conversations: for an
+    agent with follow-up material every ``first`` and ``rephrased`` request opens one (it carries a
+    ``session_id`` and ``turn=0``); a ``followup`` continues one of the ``max_open_sessions`` most recently
+    opened conversations that still has turns left (older ones count as abandoned)."""
+
+    def __init__(self, agent: str, mix: TrafficMix | None = None, seed: int = 0, s: float = DEFAULT_ZIPF_S,
+                 data_dir: Path = DEFAULT_DATA_DIR, topics: Sequence[TrafficTopic] | None = None,
+                 stream: str = "traffic", max_open_sessions: int = DEFAULT_MAX_OPEN_SESSIONS) -> None:
+        if agent not in AGENT_SPECS:
+            raise KeyError(f"unknown agent {agent!r}")
+        if max_open_sessions < 1:
+            raise ValueError("max_open_sessions must be at least 1")
+        material = list(topics) if topics is not None else load_traffic(agent, data_dir)
+        if not material:
+            raise ValueError(f"no traffic material for {agent!r}")
+        self.agent, self.route = agent, AGENT_SPECS[agent].path
+        self.mix = mix or TrafficMix()
+        self.seed, self.stream = seed, stream
+        self.ranked: list[TrafficTopic] = ZipfSampler(material, s=s, seed=seed).ranked
+        self._weight = dict(zip((t.topic for t in self.ranked), zipf_weights(len(self.ranked), s)))
+        self._rng = random.Random(f"traffic-{seed}-{agent}-{stream}")
+        self._max_open = max_open_sessions
+        self._unseen: list[TrafficTopic] = list(self.ranked)
+        self._seen: list[TrafficTopic] = []
+        self._unused: dict[str, list[tuple[str, dict[str, Any]]]] = {t.topic: t.variants() for t in self.ranked}
+        self._sent: dict[str, list[TrafficItem]] = {}  # topic -> standalone items sent (first, rephrased)
+        self._sent_topics: list[TrafficTopic] = []
+        self._sessions: list[_Session] = []  # open conversations with turns left, oldest first
+        self._opened = 0
+        self.items: list[TrafficItem] = []
+
+    # -- what can be drawn now
+    def available(self) -> list[str]:
+        """The classes with material at this point of the stream."""
+        out = []
+        if self._unseen:
+            out.append("first")
+        if any(self._unused[t.topic] for t in self._seen):
+            out.append("rephrased")
+        if self._sent_topics:
+            out.append("repeat")
+        if self._sessions:
+            out.append("followup")
+        return out
+
+    def _zipf(self, candidates: Sequence[TrafficTopic]) -> TrafficTopic:
+        return self._rng.choices(candidates, weights=[self._weight[t.topic] for t in candidates])[0]
+
+    def next(self) -> TrafficItem:
+        shares = self.mix.shares(self.available())
+        classes = [c for c in TRAFFIC_CLASSES if shares[c] > 0]
+        if not classes:
+            raise ValueError(f"traffic mix {self.mix.weights()} has no class with material left for "
+                             f"{self.agent!r} (available: {self.available()})")
+        cls = self._rng.choices(classes, weights=[shares[c] for c in classes])[0]
+        item = getattr(self, f"_draw_{cls}")()
+        self.items.append(item)
+        return item
+
+    def take(self, n: int) -> list[TrafficItem]:
+        return [self.next() for _ in range(n)]
+
+    def __iter__(self) -> TrafficGenerator:
+        return self
+
+    def __next__(self) -> TrafficItem:
+        return self.next()
+
+    # -- one draw per class
+    def _item(self, cls: str, topic: TrafficTopic, variant: str, body: dict[str, Any], **kw: Any) -> TrafficItem:
+        return TrafficItem(index=len(self.items), agent=self.agent, route=self.route, traffic_class=cls,
+                           topic=topic.topic, variant=variant, body=dict(body), relevant=topic.relevant, **kw)
+
+    def _standalone(self, cls: str, topic: TrafficTopic, variant: str, body: dict[str, Any]) -> TrafficItem:
+        session: dict[str, Any] = {}
+        if topic.followups and _FOLLOWUP_FIELD in body:
+            self._opened += 1
+            sid = f"{self.stream}.{self.seed}.{self.agent}.{self._opened}"
+            self._sessions.append(_Session(sid, topic, [str(body[_FOLLOWUP_FIELD])]))
+            del self._sessions[:-self._max_open]  # the oldest open conversations are abandoned
+            session = {"session_id": sid, "turn": 0}
+        item = self._item(cls, topic, variant, body, **session)
+        if topic.topic not in self._sent:
+            self._sent[topic.topic] = []
+            self._sent_topics.append(topic)
+        self._sent[topic.topic].append(item)
+        return item
+
+    def _draw_first(self) -> TrafficItem:
+        topic = self._zipf(self._unseen)
+        self._unseen.remove(topic)
+        self._seen.append(topic)
+        return self._standalone("first", topic, "first", topic.first)
+
+    def _draw_rephrased(self) -> TrafficItem:
+        topic = self._zipf([t for t in self._seen if self._unused[t.topic]])
+        unused = self._unused[topic.topic]
+        variant, body = unused.pop(self._rng.randrange(len(unused)))
+        return self._standalone("rephrased", topic, variant, body)
+
+    def _draw_repeat(self) -> TrafficItem:
+        topic = self._zipf(self._sent_topics)
+        original = self._rng.choice(self._sent[topic.topic])
+        return self._item("repeat", topic, original.variant, original.body, repeat_of=original.index)
+
+    def _draw_followup(self) -> TrafficItem:
+        session = self._sessions[self._rng.randrange(len(self._sessions))]
+        turn = session.next_turn
+        text = session.topic.followups[turn - 1]
+        item = self._item("followup", session.topic, f"followup:{turn - 1}", {_FOLLOWUP_FIELD: text},
+                          session_id=session.session_id, turn=turn, history=tuple(session.history))
+        session.history.append(text)
+        session.next_turn += 1
+        if session.next_turn > len(session.topic.followups):
+            self._sessions.remove(session)
+        return item
+
+
+def class_shares(items: Sequence[TrafficItem]) -> dict[str, float]:
+    """The realized share of each traffic class in ``items`` (0 for an empty list)."""
+    counts = {c: 0 for c in TRAFFIC_CLASSES}
+    for item in items:
+        counts[item.traffic_class] += 1
+    return {c: (n / len(items) if items else 0.0) for c, n in counts.items()}
+
+
+@dataclass(frozen=True, slots=True)
+class TrafficPlan:
+    """A benchmark's traffic: the warm-up, then the measured requests, agents interleaved round-robin.
+
+    Both come from one seeded stream per agent, so the measured part continues where the warm-up left off
+    (a measured ``repeat`` may copy a warm-up request, a measured ``followup`` may continue a conversation
+    the warm-up opened). Nothing here depends on the benchmark mode: send the same warm-up in every mode
+    (each mode with its own ``cache_salt`` and ``session_prefix``), then the measured items."""
+
+    warmup: list[TrafficItem]
+    measured: list[TrafficItem]
+    mix: TrafficMix
+    seed: int
+
+    def stated(self) -> dict[str, Any]:
+        """The configured mix and the realized shares, for the results file."""
+        return {"configured": self.mix.shares(), "warmup": class_shares(self.warmup),
+                "measured": class_shares(self.measured), "seed": self.seed,
+                "requests": {"warmup": len(self.warmup), "measured": len(self.measured)}}
+
+
+def _round_robin(per_agent: dict[str, list[TrafficItem]]) -> list[TrafficItem]:
+    out: list[TrafficItem] = []
+    for i in range(max((len(v) for v in per_agent.values()), default=0)):
+        out.extend(items[i] for items in per_agent.values() if i < len(items))
+    return out
+
+
+def traffic_plan(agents: Sequence[str], requests_per_agent: int, seed: int = 0, warmup_per_agent: int = 0,
+                 mix: TrafficMix | None = None, s: float = DEFAULT_ZIPF_S,
+                 data_dir: Path = DEFAULT_DATA_DIR,
+                 max_open_sessions: int = DEFAULT_MAX_OPEN_SESSIONS) -> TrafficPlan:
+    """Per agent ``warmup_per_agent`` then ``requests_per_agent`` items of its seeded stream; each phase
+    interleaves the agents round-robin in the order given."""
+    mix = mix or TrafficMix()
+    warm: dict[str, list[TrafficItem]] = {}
+    measured: dict[str, list[TrafficItem]] = {}
+    for agent in agents:
+        gen = TrafficGenerator(agent, mix, seed=seed, s=s, data_dir=data_dir, max_open_sessions=max_open_sessions)
+        warm[agent] = gen.take(warmup_per_agent)
+        measured[agent] = gen.take(requests_per_agent)
+    return TrafficPlan(_round_robin(warm), _round_robin(measured), mix, seed)
+
+
+def warmup_sequence(agents: Sequence[str], warmup_per_agent: int, seed: int = 0, mix: TrafficMix | None = None,
+                    s: float = DEFAULT_ZIPF_S, data_dir: Path = DEFAULT_DATA_DIR) -> list[TrafficItem]:
+    """The warm-up of ``traffic_plan`` with the same arguments: the same list for every benchmark mode."""
+    return traffic_plan(agents, 0, seed, warmup_per_agent, mix, s, data_dir).warmup
+
+
+def traffic_capacity(agent: str, mix: TrafficMix | None = None, data_dir: Path = DEFAULT_DATA_DIR) -> int:
+    """About how many requests of one agent's stream keep the configured mix: past this, unseen topics
+    or unused rephrasings run out and the mix shifts towards repeats and follow-ups (renormalized)."""
+    counts = traffic_counts(agent, data_dir)
+    shares = (mix or TrafficMix()).shares(
+        [c for c in TRAFFIC_CLASSES if c != "followup" or counts["followups"]])
+    variants = counts["rephrased"] + counts["edited"]
+    limits = [counts["topics"] / shares["first"] if shares["first"] else math.inf,
+              variants / shares["rephrased"] if shares["rephrased"] else math.inf]
+    return int(min(limits)) if min(limits) != math.inf else 10**9
