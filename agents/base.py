@@ -11,17 +11,21 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
+from llm.types import CacheSalt
 from retrieval.models import DEFAULT_TOP_K, MAX_TOP_K, SearchHit
-
 
 __all__ = ["AgentRequest", "AgentCacheSettings", "Agent"]
 
 MAX_QUERY_CHARS = 4_000
 MAX_CODE_CHARS = 20_000
+
+SESSION_ID_PATTERN = r"^[A-Za-z0-9._:-]+$"
+SessionId = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=SESSION_ID_PATTERN)]
+"""A conversation id picked by the client: 1-128 characters of ``[A-Za-z0-9._:-]``."""
 
 
 class AgentRequest(BaseModel):
@@ -35,13 +39,23 @@ class AgentRequest(BaseModel):
     stream: bool = Field(default=False, description="Answer with server-sent events.")
     use_cache: bool = Field(
         default=True,
-        description="false serves the request as plain RAG: text prompt, tokenized per request, no token "
-        "cache and no vLLM prefix reuse (the benchmark baseline).",
+        description="false serves the request as plain RAG on vLLM: a text prompt in retrieval order, "
+        "tokenized per request, no token cache, vLLM's prefix cache left on (the peer benchmarks compare with).",
     )
     prefix_cache: bool = Field(
         default=True,
-        description="false gives the request a fresh vLLM cache_salt so no KV prefix is reused (with "
-        "use_cache=true this isolates the token cache's own effect: the benchmark's token_cache mode).",
+        description="false gives the request a fresh vLLM cache_salt so no KV prefix is reused (a reference "
+        "point; with use_cache=true it isolates the token cache's own effect).",
+    )
+    cache_salt: CacheSalt | None = Field(
+        default=None,
+        description="vLLM cache salt: requests with different salts never share KV blocks (tenants, "
+        "benchmark modes); each salt still reuses its own.",
+    )
+    session_id: SessionId | None = Field(
+        default=None,
+        description="A conversation: a new id starts one, a known id continues it from the previous turn's "
+        "exact token IDs (GET/DELETE /v1/sessions/{id}).",
     )
 
 

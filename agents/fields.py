@@ -34,3 +34,4 @@ QueryText = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1
 
 CodeText = Annotated[str, AfterValidator(normalize_code)]
 """Source code: leading blank lines and trailing whitespace dropped, 1..MAX_CODE_CHARS characters."""
+

@@ -53,3 +53,9 @@ class AgentReplica:
 
     async def cache_stats(self) -> dict[str, Any]:
         return self._service.cache_stats()
+
+    async def get_session(self, session_id: str) -> dict[str, Any] | None:
+        return await self._service.get_session(session_id)
+
+    async def delete_session(self, session_id: str) -> bool:
+        return await self._service.delete_session(session_id)

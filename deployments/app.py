@@ -29,6 +29,8 @@ from deployments.llm_server import LLMReplica, LLMReplicaConfig
 from llm import EngineConfig, EngineSettings, model_files
 from llm.fallback import FallbackConfig
 from rag.builder import AgentPipelineConfig
+from rag.reuse import ReuseConfig
+from rag.sessions import SessionConfig
 from retrieval.config import EmbedderConfig, RetrievalConfig
 from routing.prefix_affinity import PrefixKeyConfig
 
@@ -173,6 +175,8 @@ class AppArgs(BaseModel):
     cache: CacheArgs = Field(default_factory=CacheArgs, description="Token-cache shard group and Redis.")
     retrieval: RetrievalArgs = Field(default_factory=RetrievalArgs, description="Collections and embedder.")
     agents: dict[str, AgentArgs] = Field(default_factory=dict, description="Per-agent settings, by agent name.")
+    sessions: SessionConfig = Field(default_factory=SessionConfig, description="Conversation limits (session_id).")
+    reuse: ReuseConfig = Field(default_factory=ReuseConfig, description="Context order chosen for KV reuse.")
 
 
 def resolve_model_path(model: ModelArgs) -> str:
@@ -267,6 +271,8 @@ def build(args: dict[str, Any] | None = None) -> Application:
             token_cache=cache.client_config(max_cache_size_mb=agent_args.max_cache_size_mb or budget.max_cache_size_mb,
                                             l0_ttl_s=agent_args.ttl_s or budget.ttl_s),
             prefix_key=prefix_key,
+            sessions=app_args.sessions,
+            reuse=app_args.reuse,
             llm_timeout_s=app_args.gateway.request_timeout_s,
             llm_fallback=pool.fallback,
             warmup=agent_args.warmup,

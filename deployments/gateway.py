@@ -13,7 +13,7 @@ import logging
 import os
 from typing import Any
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import Depends, FastAPI, Path, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
@@ -22,7 +22,7 @@ from ray.exceptions import RayTaskError
 from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 
-from agents.base import AgentRequest
+from agents.base import MAX_QUERY_CHARS, SESSION_ID_PATTERN, AgentRequest
 from agents.registry import AGENTS
 from deployments.cache_group import ServeShardClient
 from deployments.embedder import make_remote_embed
@@ -33,7 +33,7 @@ from llm.fallback import FallbackConfig
 from rag.builder import build_llm, build_retrieval
 from retrieval.config import RetrievalConfig
 from retrieval.exceptions import CollectionNotFoundError, DocumentNotFoundError, InvalidInputError, RetrievalError
-from retrieval.models import Document, WriteResult
+from retrieval.models import DEFAULT_TOP_K, MAX_TOP_K, Document, WriteResult
 from routing.prefix_affinity import PrefixKeyConfig
 from tokenization import HuggingFaceTokenizer
 
@@ -45,6 +45,7 @@ app = FastAPI(title="token-cached-rag", version="0.1.0")
 
 RETRY_AFTER_S = 5  # hint sent with 503 answers; the pool usually recovers (replica restart) within seconds
 API_KEY_ENV = "TCRAG_API_KEY"
+SESSION_ID_PATH = Path(min_length=1, max_length=128, pattern=SESSION_ID_PATTERN, description="Conversation id.")
 MAX_BODY_BYTES = 16 << 20  # above any valid request (an upsert of many large documents); checked before reading
 
 
@@ -75,6 +76,13 @@ class UpsertDocumentsBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     documents: list[DocumentIn] = Field(min_length=1, description="Documents to add or replace.")
+
+
+class SearchBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    query: str = Field(min_length=1, max_length=MAX_QUERY_CHARS, description="Text to search the collection with.")
+    top_k: int = Field(default=DEFAULT_TOP_K, ge=1, le=MAX_TOP_K, description="Chunks to return, best first.")
 
 
 class CollectionBody(BaseModel):
@@ -322,6 +330,14 @@ class Gateway:
     async def get_collection(self, name: str) -> dict[str, Any]:
         return _info(await self._retrieval.get_collection(name))
 
+    @app.post("/v1/collections/{name}/search", dependencies=[Depends(_require_key_for_reads)])
+    async def search_collection(self, name: str, body: SearchBody) -> dict[str, Any]:
+        """What the agents would retrieve: ranked chunks, for external RAG clients and for debugging."""
+        hits = await self._retrieval.search(name, body.query, body.top_k)
+        return {"collection": name, "results": [
+            {"chunk_id": h.chunk_id, "doc_id": h.doc_id, "score": round(float(h.score), 6), "text": h.text}
+            for h in hits]}
+
     @app.put("/v1/collections/{name}/documents", dependencies=[Depends(_require_key)])
     async def upsert_documents(self, name: str, body: UpsertDocumentsBody) -> dict[str, Any]:
         docs = [Document(id=d.id, text=d.text, metadata=d.metadata) for d in body.documents]
@@ -354,6 +370,22 @@ class Gateway:
             except Exception as err:  # one agent's failure must not fail the write that already committed
                 logger.warning("broadcast %s to %s failed: %s", method, name, err)
         return results
+
+    # -- sessions
+
+    @app.get("/v1/sessions/{session_id}", dependencies=[Depends(_require_key_for_reads)])
+    async def get_session(self, session_id: str = SESSION_ID_PATH) -> Any:
+        """A conversation's turns with their exact prompt and response token IDs."""
+        for found in await self._broadcast_to_agents(None, "get_session", session_id):
+            if found is not None:
+                return found
+        return _error(404, "not_found", f"session_id: no session {session_id!r}", "session_id")
+
+    @app.delete("/v1/sessions/{session_id}", dependencies=[Depends(_require_key_for_reads)])
+    async def delete_session(self, session_id: str = SESSION_ID_PATH) -> Any:
+        if not any(await self._broadcast_to_agents(None, "delete_session", session_id)):
+            return _error(404, "not_found", f"session_id: no session {session_id!r}", "session_id")
+        return {"session_id": session_id, "deleted": True}
 
     # -- cache
 

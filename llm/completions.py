@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from tokenization import TokenizerBackend
 from llm.exceptions import InvalidRequestError
-from llm.types import GenerateRequest, GenerateResult
+from llm.types import CacheSalt, GenerateRequest, GenerateResult
 
 __all__ = ["CompletionRequest", "CompletionsService"]
 
@@ -38,6 +38,9 @@ class CompletionRequest(BaseModel):
     seed: int | None = Field(default=None, description="Sampling seed for reproducible non-greedy output.")
     return_token_ids: bool = Field(default=False, description="Return prompt and output token IDs.")
     user: str | None = Field(default=None, description="Caller id (accepted for compatibility, unused).")
+    cache_salt: CacheSalt | None = Field(
+        default=None, description="vLLM cache salt: requests with different salts never share KV blocks."
+    )
 
     @field_validator("prompt")
     @classmethod
@@ -107,6 +110,7 @@ class CompletionsService:
                 temperature=request.temperature,
                 top_p=request.top_p,
                 seed=request.seed,
+                cache_salt=request.cache_salt,
                 request_id=uuid.uuid4().hex,
             )
         )

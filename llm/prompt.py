@@ -92,6 +92,14 @@ class PromptAssembler:
         self._header_ids = tuple(encode(context_header)) if context_header else ()
         self._system_ids: dict[str, tuple[int, ...]] = {}
 
+    @property
+    def segments(self) -> ChatSegments:
+        return self._segments
+
+    @property
+    def max_model_len(self) -> int:
+        return self._max_model_len
+
     def system_ids(self, system_prompt: str) -> tuple[int, ...]:
         """The system prompt's tokens, computed once per distinct prompt (an agent has one)."""
         ids = self._system_ids.get(system_prompt)
@@ -106,48 +114,91 @@ class PromptAssembler:
         scores: Sequence[float],
         user_ids: Sequence[int],
         max_tokens: int,
+        turns: Sequence[tuple[Sequence[int], Sequence[int]]] = (),
     ) -> AssembledPrompt:
         """Concatenate the parts; drop the lowest-scoring chunks (whole chunks only) until it fits.
 
         ``context`` must already be in canonical order; dropped chunks leave the others' order intact.
+        ``turns`` are earlier (user content, response) token pairs of a conversation whose prompt is
+        being rebuilt; they go between the context and the new user turn, as they were.
         """
         seg = self._segments
+        history = [t for user, response in turns
+                   for t in (*seg.system_to_user, *user, *seg.after_user, *response)]
         fixed = (len(seg.before_system) + len(self.system_ids(system_prompt)) + len(self._header_ids)
-                 + len(seg.system_to_user) + len(user_ids) + len(seg.after_user))
+                 + len(history) + len(seg.system_to_user) + len(user_ids) + len(seg.after_user))
         budget = self._max_model_len - max_tokens - fixed
         if budget < 0:
             raise InvalidRequestError(
                 "max_tokens", f"the prompt without context ({fixed} tokens) plus max_tokens ({max_tokens}) "
                 f"exceeds the model's context of {self._max_model_len} tokens")
-        keep = set(range(len(context)))
-        total = sum(len(c) for c in context)
-        # Drop the weakest evidence first: the lowest score, ties broken by the later chunk.
-        for ranked in sorted((_Ranked(i, s) for i, s in enumerate(scores)), key=lambda r: (r.score, -r.index)):
-            if total <= budget:
-                break
-            keep.discard(ranked.index)
-            total -= len(context[ranked.index])
+        keep = self._fit(context, scores, budget)
         ids: list[int] = [*seg.before_system, *self.system_ids(system_prompt)]
         if keep:
             ids.extend(self._header_ids)
             for i, chunk in enumerate(context):
                 if i in keep:
                     ids.extend(chunk)
+        ids.extend(history)
         prefix_len = len(ids)
         ids.extend(seg.system_to_user)
         ids.extend(user_ids)
         ids.extend(seg.after_user)
         return AssembledPrompt(token_ids=ids, prefix_len=prefix_len, kept=tuple(sorted(keep)))
 
+    def follow_up(
+        self,
+        history_ids: Sequence[int],
+        context: Sequence[Sequence[int]],
+        scores: Sequence[float],
+        user_ids: Sequence[int],
+        max_tokens: int,
+    ) -> AssembledPrompt | None:
+        """The next turn of a conversation: its exact tokens so far, then a user turn with the newly
+        retrieved chunks and the message. The history is the shared prefix (its KV is cached where the
+        previous turn ran). None when even the history and the message alone do not fit."""
+        seg = self._segments
+        fixed = (len(history_ids) + len(seg.system_to_user) + len(self._header_ids) + len(user_ids)
+                 + len(seg.after_user))
+        budget = self._max_model_len - max_tokens - fixed
+        if budget < 0:
+            return None
+        keep = self._fit(context, scores, budget)
+        ids = [*history_ids, *seg.system_to_user]
+        prefix_len = len(history_ids)
+        if keep:
+            ids.extend(self._header_ids)
+            for i, chunk in enumerate(context):
+                if i in keep:
+                    ids.extend(chunk)
+        ids.extend(user_ids)
+        ids.extend(seg.after_user)
+        return AssembledPrompt(token_ids=ids, prefix_len=prefix_len, kept=tuple(sorted(keep)))
+
+    @staticmethod
+    def _fit(context: Sequence[Sequence[int]], scores: Sequence[float], budget: int) -> set[int]:
+        """Indices of the chunks kept within ``budget`` tokens, the weakest evidence dropped first."""
+        keep = set(range(len(context)))
+        total = sum(len(c) for c in context)
+        # The lowest score goes first, ties broken by the later chunk.
+        for ranked in sorted((_Ranked(i, s) for i, s in enumerate(scores)), key=lambda r: (r.score, -r.index)):
+            if total <= budget:
+                break
+            keep.discard(ranked.index)
+            total -= len(context[ranked.index])
+        return keep
+
 
 def plain_prompt_ids(tokenizer: Any, system_prompt: str, context_texts: Sequence[str], user_text: str,
-                     context_header: str = "\n\nContext:\n") -> list[int]:
-    """The plain-RAG baseline: the same content rendered as text by the chat template, then the whole
-    prompt tokenized on this request (what a RAG stack without a token cache does every time)."""
+                     history: Sequence[tuple[str, str]] = (), context_header: str = "\n\nContext:\n") -> list[int]:
+    """The plain-RAG peer: the same content rendered as text by the chat template, then the whole prompt
+    tokenized on this request (what a RAG stack without a token cache does every time). ``history`` are a
+    conversation's earlier (user, assistant) texts, re-sent as text the way chat clients do; the context
+    is this turn's retrieval, in the system message."""
     system = system_prompt + (context_header + "".join(context_texts) if context_texts else "")
-    text = tokenizer.apply_chat_template(
-        [{"role": "system", "content": system}, {"role": "user", "content": user_text}],
-        tokenize=False,
-        add_generation_prompt=True,
-    )
+    messages = [{"role": "system", "content": system}]
+    for user, assistant in history:
+        messages += [{"role": "user", "content": user}, {"role": "assistant", "content": assistant}]
+    messages.append({"role": "user", "content": user_text})
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])

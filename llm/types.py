@@ -3,8 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Annotated
 
-__all__ = ["GenerateRequest", "GenerateResult", "StreamDelta"]
+from pydantic import StringConstraints
+
+__all__ = ["CacheSalt", "GenerateRequest", "GenerateResult", "StreamDelta"]
+
+CacheSalt = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:-]+$")]
+"""vLLM's ``cache_salt`` as our HTTP bodies accept it: requests with different salts never share KV blocks
+(a tenant, or a benchmark mode, keeps its own prefix cache); 1-128 characters of ``[A-Za-z0-9._:-]``."""
 
 
 @dataclass(frozen=True, slots=True)

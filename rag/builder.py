@@ -15,17 +15,21 @@ from pydantic import BaseModel, ConfigDict, Field
 from agents.registry import agent_by_name
 from cache import TokenCache
 from cache.config import TokenCacheConfig, redis_tier_from_config
+from cache.redis_tier import RedisTier
 from cache.shard import ShardClient
 from llm.fallback import FallbackConfig, build_fallback_llm
 from llm.prompt import ChatSegments, PromptAssembler, plain_prompt_ids
 from rag.agent_service import AgentService
 from rag.pipeline import LLMGenerator, TokenCachedRAG
+from rag.reuse import ReuseConfig
+from rag.sessions import SessionConfig, SessionStore
 from retrieval.config import RetrievalConfig
 from retrieval.service import RetrievalService
 from routing.prefix_affinity import PrefixKeyConfig
 from tokenization import HuggingFaceTokenizer, TokenizerBackend
 
-__all__ = ["AgentPipelineConfig", "EmbedFn", "build_agent_service", "build_llm", "build_retrieval"]
+__all__ = ["AgentPipelineConfig", "EmbedFn", "build_agent_service", "build_llm", "build_retrieval",
+           "build_session_store"]
 
 EmbedFn = Callable[[list[str]], Awaitable[np.ndarray]]
 
@@ -45,6 +49,8 @@ class AgentPipelineConfig(BaseModel):
     retrieval: RetrievalConfig = Field(description="The app's retrieval config (store, chunking, top_k limits).")
     token_cache: TokenCacheConfig = Field(description="This agent's token cache settings.")
     prefix_key: PrefixKeyConfig = Field(default_factory=PrefixKeyConfig, description="Shared with the router.")
+    sessions: SessionConfig = Field(default_factory=SessionConfig, description="Conversation limits.")
+    reuse: ReuseConfig = Field(default_factory=ReuseConfig, description="How the context order is chosen.")
     llm_timeout_s: float = Field(default=120.0, gt=0, description="Longest wait for the LLM pool.")
     llm_fallback: FallbackConfig | None = Field(default=None, description="Endpoint used when the pool is unavailable.")
     embed_timeout_s: float = Field(default=30.0, gt=0, description="Longest wait for the embedder.")
@@ -75,6 +81,7 @@ def build_agent_service(
                              agent=agent.name)
     retrieval = build_retrieval(config.retrieval, tokenizer, embed)
     hf = tokenizer.tokenizer
+    eos = hf.eos_token_id
     rag = TokenCachedRAG(
         search=retrieval.search,
         token_cache=token_cache,
@@ -82,7 +89,18 @@ def build_agent_service(
         llm=build_llm(llm, config.llm_fallback),
         encode=tokenizer.encode,
         decode=tokenizer.decode,
-        plain_prompt_ids=lambda system, texts, user: plain_prompt_ids(hf, system, texts, user),
+        plain_prompt_ids=lambda system, texts, user, history: plain_prompt_ids(hf, system, texts, user, history),
         agent=agent.name,
+        eos_token_ids=[] if eos is None else [eos],
+        sessions=config.sessions,
+        reuse=config.reuse,
     )
-    return AgentService(agent, rag, retrieval, collection=config.collection)
+    return AgentService(agent, rag, retrieval, build_session_store(config), collection=config.collection)
+
+
+def build_session_store(config: AgentPipelineConfig) -> SessionStore:
+    """Conversations in Redis (shared by the agent's replicas) when it is configured, else local only."""
+    url = config.token_cache.redis_url
+    redis = (RedisTier.from_url(url, ttl_s=config.sessions.ttl_s, timeout_s=config.sessions.redis_timeout_s)
+             if url else None)
+    return SessionStore(config.sessions, redis)

@@ -13,9 +13,17 @@ The original plan's pattern, kept as its public API::
 - cached (``use_cache=True``): chunks in canonical order, their token IDs from the token cache (never
   re-tokenized), the prompt assembled as token IDs with ``prefix_len`` for the router, vLLM prefix
   cache allowed.
-- plain RAG (``use_cache=False``, the benchmark baseline): chunks in retrieval order rendered as text,
-  the whole prompt tokenized on this request, no token cache, and a fresh ``cache_salt`` so vLLM reuses
-  no prefix.
+- plain RAG (``use_cache=False``, the peer every benchmark compares with): chunks in retrieval order
+  rendered as text, the whole prompt tokenized on this request, no token cache, vLLM's prefix cache on
+  (as vLLM runs by default).
+
+``prefix_cache=False`` adds a fresh ``cache_salt`` per request in either mode, so vLLM reuses no KV (a
+reference point); otherwise the request's own ``cache_salt`` (a tenant, a benchmark mode) is passed on.
+
+A request with ``history`` (the earlier turns of a conversation) continues it: cached mode extends the
+previous turn's exact prompt and output token IDs with a new user turn holding only the newly retrieved
+chunks; when the history outgrows its limits, the oldest turns are dropped and the prompt is rebuilt
+around the ones kept. Plain mode re-sends the history as text, as chat clients do.
 """
 
 from __future__ import annotations
@@ -33,6 +41,8 @@ from cache.keys import ChunkRef
 from cache.stats import TokenCacheStats
 from llm.prompt import PromptAssembler, canonical_order
 from llm.types import GenerateRequest, GenerateResult, StreamDelta
+from rag.reuse import ReuseConfig, ReusePlanner
+from rag.sessions import SessionConfig, SessionTurn
 from retrieval.models import Chunk, SearchHit
 
 __all__ = ["LLMGenerator", "TokenCachedRAG", "RAGRequest", "RAGResult", "chunk_segment_text"]
@@ -73,6 +83,8 @@ class RAGRequest:
     temperature: float = 0.0
     use_cache: bool = True
     prefix_cache: bool = True
+    cache_salt: str | None = None
+    history: tuple[SessionTurn, ...] = ()  # earlier turns of the conversation, oldest first
 
 
 @dataclass(slots=True)
@@ -93,6 +105,10 @@ class RAGResult:
     latency_ms: dict[str, float] = field(default_factory=dict)
     finish_reason: str | None = None
     replica_id: str = ""
+    prompt_token_ids: list[int] = field(default_factory=list)
+    user_ids: list[int] = field(default_factory=list)  # this turn's user content, as placed in the prompt
+    dropped_turns: int = 0  # history turns left out of this prompt
+    history_rebuilt: bool = False  # the conversation's prompt was rebuilt instead of extended
 
     @property
     def cache_hit_rate(self) -> float:
@@ -107,6 +123,20 @@ class _Prepared:
     lookup: TokenLookup | None
     retrieve_ms: float
     tokens_ms: float
+    user_ids: list[int] = field(default_factory=list)
+    dropped_turns: int = 0
+    history_rebuilt: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class _Prompt:
+    token_ids: list[int]
+    prefix_len: int
+    sources: list[SearchHit]
+    lookup: TokenLookup
+    user_ids: list[int]
+    dropped_turns: int
+    extended: bool = False  # a follow-up on top of the previous turn's exact tokens
 
 
 class TokenCachedRAG:
@@ -120,9 +150,12 @@ class TokenCachedRAG:
         llm: LLMGenerator,
         encode: Callable[[str], list[int]],
         decode: Callable[[Sequence[int]], str],
-        plain_prompt_ids: Callable[[str, list[str], str], list[int]],
+        plain_prompt_ids: Callable[[str, list[str], str, list[tuple[str, str]]], list[int]],
         *,
         agent: str,
+        eos_token_ids: Sequence[int] = (),
+        sessions: SessionConfig | None = None,
+        reuse: ReuseConfig | None = None,
         clock: Callable[[], float] = time.perf_counter,
     ) -> None:
         self._search = search
@@ -133,6 +166,9 @@ class TokenCachedRAG:
         self._decode = decode
         self._plain_prompt_ids = plain_prompt_ids
         self._agent = agent
+        self._eos = frozenset(eos_token_ids)
+        self._sessions = sessions or SessionConfig()
+        self._reuse: ReusePlanner[SearchHit] = ReusePlanner(reuse or ReuseConfig(), key=lambda h: h.chunk_id)
         self._clock = clock
 
     @property
@@ -164,6 +200,11 @@ class TokenCachedRAG:
         return await self._cache.warmup([self._ref(c) for c in chunks], progress=progress)
 
     async def invalidate(self, collection: str, doc_id: str | None = None) -> dict[str, int]:
+        """Drop a document's (or a collection's) entries, and the remembered contexts that hold them."""
+        if doc_id is None:
+            self._reuse = ReusePlanner(self._reuse.config, key=lambda h: h.chunk_id)
+        else:
+            self._reuse.forget(doc_id, doc_of=lambda h: h.doc_id)
         return await self._cache.invalidate(collection, doc_id)
 
     # ---------------------------------------------------------------- one request
@@ -176,28 +217,103 @@ class TokenCachedRAG:
         started = self._clock()
         hits = list(await self._search(request.collection, request.retrieval_query, request.top_k))
         retrieved = self._clock()
+        salt = request.cache_salt if request.prefix_cache else uuid.uuid4().hex
         if not request.use_cache:
-            texts = [chunk_segment_text(h.chunk) for h in hits]  # retrieval order, as plain RAG does
-            # Render the chat template as text and tokenize all of it now, in a worker thread.
-            prompt_ids = await asyncio.to_thread(self._plain_prompt_ids, request.system_prompt, texts,
-                                                 request.user_message)
+            prompt_ids, dropped = await asyncio.to_thread(self._plain_prompt, request, hits)
             generate = GenerateRequest(prompt_token_ids=prompt_ids, max_tokens=request.max_tokens,
-                                       temperature=request.temperature, cache_salt=uuid.uuid4().hex)
-            return _Prepared(generate, hits, None,
-                             (retrieved - started) * 1e3, (self._clock() - retrieved) * 1e3)
-        order = canonical_order([(h.chunk.doc_id, h.chunk.position) for h in hits])
-        ordered = [hits[i] for i in order]
-        lookup = await self._cache.get_tokens([self._ref(h.chunk) for h in ordered])
+                                       temperature=request.temperature, cache_salt=salt)
+            return _Prepared(generate, hits, None, (retrieved - started) * 1e3, (self._clock() - retrieved) * 1e3,
+                             dropped_turns=dropped)
+        ordered = [hits[i] for i in canonical_order([(h.chunk.doc_id, h.chunk.position) for h in hits])]
         user_ids = self._encode(request.user_message)
-        prompt = self._assembler.assemble(request.system_prompt, lookup.token_ids, [h.score for h in ordered],
-                                          user_ids, request.max_tokens)
-        # Chunks dropped for length are not sources: report only what the model saw, in prompt order.
-        kept = [ordered[i] for i in prompt.kept]
+        prompt = None
+        if request.history and self._history_fits(request.history):
+            prompt = await self._follow_up(request, ordered, user_ids)
+        if prompt is None:
+            prompt = await self._fresh(request, ordered, user_ids)
         generate = GenerateRequest(prompt_token_ids=prompt.token_ids, max_tokens=request.max_tokens,
-                                   temperature=request.temperature, prefix_len=prompt.prefix_len,
-                                   cache_salt=None if request.prefix_cache else uuid.uuid4().hex)
-        return _Prepared(generate, kept, lookup,
-                         (retrieved - started) * 1e3, (self._clock() - retrieved) * 1e3)
+                                   temperature=request.temperature, prefix_len=prompt.prefix_len, cache_salt=salt)
+        return _Prepared(generate, prompt.sources, prompt.lookup, (retrieved - started) * 1e3,
+                         (self._clock() - retrieved) * 1e3, prompt.user_ids, prompt.dropped_turns,
+                         history_rebuilt=bool(request.history) and not prompt.extended)
+
+    def _plain_prompt(self, request: RAGRequest, hits: list[SearchHit]) -> tuple[list[int], int]:
+        """Plain RAG: render this turn's chunks (retrieval order) and the history as text, tokenize it all.
+        The oldest turns go first when the conversation outgrows its limits."""
+        texts = [chunk_segment_text(h.chunk) for h in hits]
+        history = [(t.user_text, t.response_text) for t in request.history]
+        keep = self._sessions.max_turns - 1
+        history = history[max(0, len(history) - keep):] if keep > 0 else []
+        dropped = len(request.history) - len(history)
+        while True:
+            ids = self._plain_prompt_ids(request.system_prompt, texts, request.user_message, history)
+            if not history or len(ids) + request.max_tokens <= self._assembler.max_model_len:
+                return ids, dropped
+            history, dropped = history[1:], dropped + 1
+
+    def _history_fits(self, history: Sequence[SessionTurn]) -> bool:
+        last = history[-1]
+        return (len(history) < self._sessions.max_turns
+                and len(last.prompt_token_ids) + len(last.response_token_ids) <= self._sessions.max_history_tokens)
+
+    def _strip_eos(self, ids: Sequence[int]) -> list[int]:
+        """The output without its end-of-turn token: the template's turn separator puts it back."""
+        out = list(ids)
+        while out and out[-1] in self._eos:
+            out.pop()
+        return out
+
+    async def _follow_up(self, request: RAGRequest, ordered: list[SearchHit], user_ids: list[int]) -> _Prompt | None:
+        """The next turn on top of the previous turn's exact prompt and output; None when it does not fit."""
+        last = request.history[-1]
+        seen = {chunk_id for turn in request.history for chunk_id in turn.sources}
+        new = [h for h in ordered if h.chunk_id not in seen]
+        lookup = await self._cache.get_tokens([self._ref(h.chunk) for h in new])
+        history_ids = [*last.prompt_token_ids, *self._strip_eos(last.response_token_ids)]
+        prompt = self._assembler.follow_up(history_ids, lookup.token_ids, [h.score for h in new], user_ids,
+                                           request.max_tokens)
+        if prompt is None:
+            return None
+        kept_new = {new[i].chunk_id for i in prompt.kept}
+        sources = [h for h in ordered if h.chunk_id in seen or h.chunk_id in kept_new]
+        user_start = prompt.prefix_len + len(self._assembler.segments.system_to_user)
+        user_end = len(prompt.token_ids) - len(self._assembler.segments.after_user)
+        return _Prompt(prompt.token_ids, prompt.prefix_len, sources, lookup, prompt.token_ids[user_start:user_end], 0,
+                       extended=True)
+
+    async def _fresh(self, request: RAGRequest, ordered: list[SearchHit], user_ids: list[int]) -> _Prompt:
+        """A first turn, or a conversation rebuilt around its most recent turns that fit the limits.
+
+        The context order comes from the reuse planner: a recent context that shares enough chunks goes
+        first whole, else the longest path of the ordering tree (see ``rag.reuse``)."""
+        plan = self._reuse.plan(ordered)
+        context = plan.order
+        lookup = await self._cache.get_tokens([self._ref(h.chunk) for h in context])
+        # Chunks the request did not retrieve are the first to go if the prompt must be cut.
+        floor = min((h.score for h in ordered), default=0.0) - 1.0
+        extra = {h.chunk_id for h in plan.extra}
+        scores = [floor if h.chunk_id in extra else h.score for h in context]
+        turns = self._kept_turns(request.history)
+        prompt = self._assembler.assemble(request.system_prompt, lookup.token_ids, scores, user_ids,
+                                          request.max_tokens, turns)
+        # Chunks dropped for length are not sources: report only what the model saw, in prompt order.
+        kept = [context[i] for i in prompt.kept]
+        self._reuse.record(kept)
+        return _Prompt(prompt.token_ids, prompt.prefix_len, kept, lookup, list(user_ids),
+                       len(request.history) - len(turns))
+
+    def _kept_turns(self, history: Sequence[SessionTurn]) -> list[tuple[list[int], list[int]]]:
+        """The most recent turns (user content, output) within half the history budget and the turn cap."""
+        kept: list[tuple[list[int], list[int]]] = []
+        budget = self._sessions.max_history_tokens // 2
+        for turn in reversed(history):
+            response = self._strip_eos(turn.response_token_ids)
+            size = len(turn.user_ids) + len(response)
+            if len(kept) + 1 >= self._sessions.max_turns or size > budget:
+                break
+            kept.append((list(turn.user_ids), response))
+            budget -= size
+        return kept[::-1]
 
     def _finish(self, prepared: _Prepared, result: GenerateResult, started: float, first_token_at: float | None) -> RAGResult:
         now = self._clock()
@@ -225,6 +341,10 @@ class TokenCachedRAG:
             },
             finish_reason=result.finish_reason,
             replica_id=result.replica_id,
+            prompt_token_ids=list(prepared.request.prompt_token_ids),
+            user_ids=prepared.user_ids,
+            dropped_turns=prepared.dropped_turns,
+            history_rebuilt=prepared.history_rebuilt,
         )
         logger.info(
             "agent=%s cache_hit_rate=%.1f%% hits=%d misses=%d prefix_cached=%d/%d ttft_ms=%.0f total_ms=%.0f",

@@ -57,13 +57,24 @@ def test_agent_answers_and_repeat_hits_token_and_prefix_caches(base_url, agent):
 
 
 @pytest.mark.parametrize("agent", ["support", "code-review"])
-def test_use_cache_false_is_plain_rag(base_url, agent):
-    call(base_url, agent)  # make sure the cached path has seen this context before
-    status, body = call(base_url, agent, use_cache=False)
+def test_use_cache_false_is_plain_rag_with_the_prefix_cache_on(base_url, agent):
+    salt = f"plain-{uuid.uuid4().hex[:8]}"  # a KV namespace of its own: nothing sent before can be reused
+    status, first = call(base_url, agent, use_cache=False, cache_salt=salt)
+    assert status == 200, first
+    assert_contract(first, agent)
+    assert first["cache"] == {"hits": 0, "misses": 0, "hit_rate": 0.0}  # no token cache: tokenized per request
+    assert first["usage"]["prefix_cached_tokens"] == 0
+    status, again = call(base_url, agent, use_cache=False, cache_salt=salt)
+    assert status == 200, again
+    # vLLM's prefix cache is on, as plain RAG on vLLM runs: the verbatim repeat reuses the first one's KV.
+    assert again["usage"]["prefix_cached_tokens"] > 0
+
+
+def test_prefix_cache_false_in_plain_mode_reuses_no_kv(base_url):
+    call(base_url, "support", use_cache=False)
+    status, body = call(base_url, "support", use_cache=False, prefix_cache=False)
     assert status == 200, body
-    assert_contract(body, agent)
-    assert body["cache"] == {"hits": 0, "misses": 0, "hit_rate": 0.0}
-    assert body["usage"]["prefix_cached_tokens"] == 0  # a fresh cache salt: no KV reuse
+    assert body["usage"]["prefix_cached_tokens"] == 0  # a fresh cache salt per request
 
 
 def test_prefix_cache_false_keeps_token_cache_but_not_kv_reuse(base_url):

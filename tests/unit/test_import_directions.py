@@ -29,7 +29,7 @@ ALLOWED: dict[str, frozenset[str]] = {
     "cache": frozenset({"tokenization", "routing"}),
     "retrieval": frozenset({"tokenization", "settings"}),
     "llm": frozenset({"tokenization", "settings"}),
-    "agents": frozenset({"retrieval"}),  # and of retrieval only retrieval.models: see RESTRICTED
+    "agents": frozenset({"retrieval", "llm"}),  # only retrieval.models and llm.types: see RESTRICTED
     "rag": frozenset({"cache", "retrieval", "llm", "agents", "routing", "tokenization", "settings"}),
     "deployments": BELOW_DEPLOYMENTS,
     "scripts": frozenset({"llm", "settings", "retrieval", "tokenization"}),
@@ -46,6 +46,7 @@ ALLOWED["tests"] = OURS
 # (importer, imported) -> the only modules of `imported` the importer may reach.
 RESTRICTED: dict[tuple[str, str], frozenset[str]] = {
     ("agents", "retrieval"): frozenset({"retrieval.models"}),
+    ("agents", "llm"): frozenset({"llm.types"}),
 }
 
 SKIP_DIRS = {"__pycache__", "data", "build", "dist"}

@@ -12,6 +12,7 @@ from llm import LLMServer
 from llm.prompt import ChatSegments, PromptAssembler
 from rag.agent_service import AgentService
 from rag.pipeline import RAGRequest, RAGResult, TokenCachedRAG, chunk_segment_text
+from rag.sessions import SessionConfig, SessionStore
 from retrieval.service import RetrievalService
 from retrieval.models import Document
 from retrieval.store import CollectionStore
@@ -53,9 +54,10 @@ class Harness:
 
         self.plain_prompts = 0
 
-    def plain_prompt_ids(self, system: str, texts: list[str], user: str) -> list[int]:
+    def plain_prompt_ids(self, system: str, texts: list[str], user: str, history: list[tuple[str, str]]) -> list[int]:
         self.plain_prompts += 1
-        return self.tokenizer.encode(system + " " + "".join(texts) + " " + user)
+        turns = " ".join(f"{u} {a}" for u, a in history)
+        return self.tokenizer.encode(system + " " + "".join(texts) + " " + turns + " " + user)
 
     @staticmethod
     def decode(ids) -> str:  # the fake engine emits ids outside the fake tokenizer's vocabulary
@@ -123,15 +125,32 @@ def _chunk(harness, chunk_id):
     return next(c for c in chunks if c.chunk_id == chunk_id)
 
 
-async def test_plain_rag_baseline_uses_no_cache_and_a_fresh_salt(harness):
+async def test_plain_rag_tokenizes_per_request_with_no_token_cache_and_keeps_the_prefix_cache(harness):
     await harness.run("export dashboards csv")
-    base1 = await harness.run("export dashboards csv", use_cache=False)
-    base2 = await harness.run("export dashboards csv", use_cache=False)
-    assert base1.cache_hits == base1.cache_misses == 0
-    assert base2.prefix_cached_tokens == 0
+    plain1 = await harness.run("export dashboards csv", use_cache=False)
+    plain2 = await harness.run("export dashboards csv", use_cache=False)
+    assert plain1.cache_hits == plain1.cache_misses == 0
+    assert [r.cache_salt for r in harness.engine.requests[-2:]] == [None, None]  # vLLM's default: reuse on
+    assert plain2.prefix_cached_tokens > 0  # the verbatim repeat reuses the first one's KV
+    assert harness.plain_prompts == 2  # the whole prompt rendered and tokenized on each request
+    ids = [s.chunk_id for s in plain1.sources]
+    assert ids == [s.chunk_id for s in plain2.sources]
+
+
+async def test_prefix_cache_false_in_plain_mode_gives_a_fresh_salt_per_request(harness):
+    await harness.run("export dashboards csv", use_cache=False, prefix_cache=False)
+    run = await harness.run("export dashboards csv", use_cache=False, prefix_cache=False)
     salts = [r.cache_salt for r in harness.engine.requests[-2:]]
     assert all(salts) and salts[0] != salts[1]
-    assert harness.plain_prompts == 2  # the whole prompt rendered and tokenized on each request
+    assert run.prefix_cached_tokens == 0
+
+
+async def test_cache_salt_is_passed_on_and_separates_kv(harness):
+    await harness.run("two factor codes", cache_salt="tenant-a")
+    same = await harness.run("two factor codes", cache_salt="tenant-a")
+    other = await harness.run("two factor codes", cache_salt="tenant-b")
+    assert [r.cache_salt for r in harness.engine.requests[-3:]] == ["tenant-a", "tenant-a", "tenant-b"]
+    assert same.prefix_cached_tokens > 0 and other.prefix_cached_tokens == 0
 
 
 async def test_prefix_cache_false_keeps_token_cache_hits_but_no_kv_reuse(harness):
@@ -169,7 +188,7 @@ async def test_plan_api_retrieve_tokens_then_generate(harness):
 
 
 async def test_agent_service_answers_in_the_contract_shape(harness):
-    service = AgentService(SupportAgent(), harness.rag, harness.retrieval)
+    service = AgentService(SupportAgent(), harness.rag, harness.retrieval, SessionStore(SessionConfig()))
     body = await service.answer(SupportRequest(query="how do refunds work", top_k=2, max_tokens=4))
     assert body["agent"] == "support"
     assert body["sources"] and all("#" in s for s in body["sources"])
@@ -179,3 +198,17 @@ async def test_agent_service_answers_in_the_contract_shape(harness):
     events = [e async for e in service.answer_stream(SupportRequest(query="how do refunds work", top_k=2, max_tokens=4))]
     assert events[-1] == "data: [DONE]\n\n"
     assert '"agent": "support"' in events[-2]
+
+
+async def test_an_overlapping_set_is_sent_after_the_context_it_shares_so_its_kv_is_reused(harness):
+    # {export, reset, two-factor} first, then {billing, reset, two-factor}: two of three chunks shared.
+    first = await harness.run("two factor codes rotate", top_k=3)
+    first_request = harness.engine.requests[-1]
+    second = await harness.run("billing refund password", top_k=3)
+    request = harness.engine.requests[-1]
+    assert {s.chunk_id for s in first.sources} == {"export-data#0", "reset-password#0", "two-factor#0"}
+    # The first context, whole and in its order, is the prefix; the new chunk comes after it.
+    assert request.prompt_token_ids[: first_request.prefix_len] == first_request.prompt_token_ids[: first_request.prefix_len]
+    assert [s.chunk_id for s in second.sources][:3] == [s.chunk_id for s in first.sources]
+    assert [s.chunk_id for s in second.sources][3:] == ["billing-refund#0"]
+    assert second.prefix_cached_tokens >= (first_request.prefix_len // 16) * 16
