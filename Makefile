@@ -10,7 +10,7 @@ STAMP := $(VENV)/.tcrag-installed-$(ENGINE)
 PYTEST_ARGS ?=
 URL ?= http://127.0.0.1:8000
 
-.PHONY: setup install model run test test-unit test-integration test-e2e bench loadtest clean
+.PHONY: setup install model run test test-unit test-integration test-e2e bench loadtest loadtest-compare clean
 
 setup: install model
 
@@ -56,6 +56,10 @@ bench: install
 
 loadtest: install
 	$(BIN)/locust -f loadtests/locustfile.py --headless -u 10 -r 5 -t 60s --host $(URL) --exit-code-on-error 1
+
+# Two headless Locust runs on the same traffic mix, full then plain_rag (benchmarks/results/locust_compare.json).
+loadtest-compare: install
+	$(BIN)/python -m benchmarks.locust_compare --url $(URL)
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -1,4 +1,4 @@
-"""Pure statistics for the benchmark: percentiles, per-mode summaries, reductions, memory budgets.
+"""Pure statistics for the benchmark: percentiles, per-mode and per-class summaries, reductions, memory budgets.
 
 Nothing here does I/O, so the numbers in ``latest.json`` can be unit-tested from hand-made samples.
 """
@@ -10,8 +10,12 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from benchmarks.contract import MODES
+from benchmarks.workloads import TRAFFIC_CLASSES
+
 __all__ = [
     "MODES",
+    "TRAFFIC_CLASSES",
     "MB",
     "AGENT_BUDGET_BYTES",
     "TOTAL_BUDGET_BYTES",
@@ -22,10 +26,9 @@ __all__ = [
     "aggregate",
     "memory_report",
     "hit_rate_curve",
-    "repeat_split",
+    "followup_history",
 ]
 
-MODES = ("baseline", "token_cache", "full")
 MB = 1024 * 1024
 # The original plan's budgets: 100 MB for the text agents, 150 MB for the code agents, 500 MB in total.
 AGENT_BUDGET_BYTES: dict[str, int] = {
@@ -53,7 +56,11 @@ class Sample:
     cache_misses: int = 0
     started_s: float = 0.0  # seconds since the phase started
     error: str = ""
-    topic: str = ""  # the workload topic's key (its eval label), to tell repeats from first sightings
+    topic: str = ""  # the workload topic's key (its eval label)
+    traffic_class: str = ""  # first, rephrased, repeat, followup ("" outside the traffic plan: cold start)
+    variant: str = ""  # which wording of the topic ("first", "rephrased:1", "edited:0", "followup:0")
+    session_id: str = ""  # as sent (with the mode's prefix); "" for a request outside a conversation
+    turn: int = -1  # 0 for a conversation's opening turn, 1.. for follow-ups, -1 outside one
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -113,39 +120,89 @@ def reduction(improved: float | None, baseline: float | None) -> float | None:
     return round(1.0 - improved / baseline, 4)
 
 
-def _reductions(modes: Mapping[str, Mapping[str, Any]], mode: str = "full") -> dict[str, float | None]:
-    base, other = modes.get("baseline", {}), modes.get(mode, {})
+def _reductions(modes: Mapping[str, Mapping[str, Any]], mode: str = "full",
+                against: str = "plain_rag") -> dict[str, float | None]:
+    base, other = modes.get(against, {}), modes.get(mode, {})
     return {
         "ttft_reduction_p50": reduction(other.get("ttft_p50_ms"), base.get("ttft_p50_ms")),
         "latency_reduction_p50": reduction(other.get("p50_ms"), base.get("p50_ms")),
     }
 
 
+def _headline(modes: Mapping[str, Mapping[str, Any]]) -> dict[str, float | None]:
+    """Full versus plain_rag (the peer), and full versus no_reuse (the reference point)."""
+    vs_peer = _reductions(modes, "full", "plain_rag")
+    vs_ref = _reductions(modes, "full", "no_reuse")
+    return {**vs_peer, "ttft_reduction_p50_vs_no_reuse": vs_ref["ttft_reduction_p50"],
+            "latency_reduction_p50_vs_no_reuse": vs_ref["latency_reduction_p50"]}
+
+
+def _history_index(samples: Iterable[Sample]) -> dict[tuple[str, str, int], Sample]:
+    return {(s.mode, s.session_id, s.turn): s for s in samples if s.ok and s.session_id and s.turn >= 0}
+
+
+def followup_history(samples: Sequence[Sample], index: Mapping[tuple[str, str, int], Sample]) -> dict[str, Any]:
+    """How much of the conversation so far the follow-up turns in ``samples`` found cached: per follow-up,
+    the history is the previous turn's prompt plus its output tokens (what this turn's prompt starts with)
+    and the covered part is ``min(prefix_cached_tokens, history)``. ``index`` maps (mode, session id, turn)
+    to the samples that may hold the previous turn (warm-up included). Follow-ups whose previous turn is
+    unknown or failed are left out (``history_requests`` counts the ones used)."""
+    used = history = covered = 0
+    for s in samples:
+        if not s.ok or s.turn < 1 or not s.session_id:
+            continue
+        previous = index.get((s.mode, s.session_id, s.turn - 1))
+        if previous is None:
+            continue
+        tokens = previous.prompt_tokens + previous.completion_tokens
+        used += 1
+        history += tokens
+        covered += min(s.prefix_cached_tokens, tokens)
+    return {"history_requests": used, "history_tokens": history,
+            "history_cached_share": round(_ratio(covered, history), 4) if used else None}
+
+
 def aggregate(samples: Sequence[Sample], modes: Sequence[str] = MODES,
-              unavailable: Mapping[str, str] | None = None) -> dict[str, Any]:
-    """``modes``, the full-versus-baseline reductions and the same per agent. A mode in ``unavailable``
-    is reported with ``available: false`` and its reason instead of numbers."""
+              unavailable: Mapping[str, str] | None = None, classes: Sequence[str] = TRAFFIC_CLASSES,
+              earlier: Sequence[Sample] = ()) -> dict[str, Any]:
+    """DESIGN.md's benchmark shape from the measured samples: ``modes`` (each with ``classes``, the same
+    summary per traffic class), the headline reductions (full vs plain_rag, full vs no_reuse), the same
+    per class (``class_reductions``) and per agent (``agents``). A mode in ``unavailable`` is reported with
+    ``available: false`` and its reason instead of numbers. ``earlier`` (the warm-up's samples) is only
+    used to find the previous turn of a follow-up (``classes.followup.history_cached_share``)."""
     unavailable = unavailable or {}
+    index = _history_index([*earlier, *samples])
+
+    def one(subset: Sequence[Sample], cls: str | None = None) -> dict[str, Any]:
+        entry = summarize(subset)
+        if cls == "followup":
+            entry.update(followup_history(subset, index))
+        return entry
 
     def block(subset: Sequence[Sample]) -> dict[str, Any]:
         out: dict[str, Any] = {}
         for mode in modes:
+            mine = [s for s in subset if s.mode == mode]
             if mode in unavailable:
-                out[mode] = {**summarize([]), "available": False, "reason": unavailable[mode]}
+                out[mode] = {**summarize([]), "available": False, "reason": unavailable[mode],
+                             "classes": {c: one([], c) for c in classes}}
             else:
-                out[mode] = {**summarize([s for s in subset if s.mode == mode]), "available": True}
+                out[mode] = {**summarize(mine), "available": True,
+                             "classes": {c: one([s for s in mine if s.traffic_class == c], c) for c in classes}}
         return out
 
-    result: dict[str, Any] = {"modes": block(samples)}
-    result.update(_reductions(result["modes"]))
-    if "token_cache" in modes and "token_cache" not in unavailable:
-        result["token_cache_vs_baseline"] = _reductions(result["modes"], "token_cache")
-    agents: dict[str, Any] = {}
-    for agent in dict.fromkeys(s.agent for s in samples):
-        entry: dict[str, Any] = {"modes": block([s for s in samples if s.agent == agent])}
-        entry.update(_reductions(entry["modes"]))
-        agents[agent] = entry
-    result["agents"] = agents
+    def section(subset: Sequence[Sample]) -> dict[str, Any]:
+        entry: dict[str, Any] = {"modes": block(subset)}
+        entry.update(_headline(entry["modes"]))
+        if "token_cache" in modes and "token_cache" not in unavailable:
+            entry["token_cache_vs_plain_rag"] = _reductions(entry["modes"], "token_cache", "plain_rag")
+        entry["class_reductions"] = {
+            c: _headline({m: v["classes"][c] for m, v in entry["modes"].items()}) for c in classes}
+        return entry
+
+    result = section(samples)
+    result["agents"] = {agent: section([s for s in samples if s.agent == agent])
+                        for agent in dict.fromkeys(s.agent for s in samples)}
     return result
 
 
@@ -196,17 +253,3 @@ def hit_rate_curve(samples: Sequence[Sample]) -> list[float]:
         lookups += s.cache_hits + s.cache_misses
         curve.append(round(_ratio(hits, lookups), 4))
     return curve
-
-
-def repeat_split(samples: Sequence[Sample], seen_before: Iterable[str], mode: str = "full") -> dict[str, Any]:
-    """``mode``'s summary split into requests whose topic was already sent (in ``seen_before``, e.g. the
-    warm-up, or earlier in the run) and first sightings, which no cache can have prepared: it tells a cold
-    tail apart from evictions."""
-    seen = set(seen_before)
-    groups: dict[str, list[Sample]] = {"repeat": [], "first_seen": []}
-    for s in samples:
-        if s.mode != mode:
-            continue
-        groups["repeat" if s.topic in seen else "first_seen"].append(s)
-        seen.add(s.topic)
-    return {name: summarize(group) for name, group in groups.items()}
