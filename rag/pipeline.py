@@ -32,6 +32,7 @@ import asyncio
 import logging
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -41,7 +42,7 @@ from cache.keys import ChunkRef
 from cache.stats import TokenCacheStats
 from llm.prompt import PromptAssembler, canonical_order
 from llm.types import GenerateRequest, GenerateResult, StreamDelta
-from rag.reuse import ReuseConfig, ReusePlanner
+from rag.reuse import ContextPlan, ReuseConfig, ReusePlanner
 from rag.sessions import SessionConfig, SessionTurn
 from retrieval.models import Chunk, SearchHit
 
@@ -168,7 +169,9 @@ class TokenCachedRAG:
         self._agent = agent
         self._eos = frozenset(eos_token_ids)
         self._sessions = sessions or SessionConfig()
-        self._reuse: ReusePlanner[SearchHit] = ReusePlanner(reuse or ReuseConfig(), key=lambda h: h.chunk_id)
+        self._reuse_config = reuse or ReuseConfig()
+        # One planner per KV namespace (cache salt): an order only pays where its KV lives.
+        self._planners: OrderedDict[str, ReusePlanner[SearchHit]] = OrderedDict()
         self._clock = clock
 
     @property
@@ -202,9 +205,10 @@ class TokenCachedRAG:
     async def invalidate(self, collection: str, doc_id: str | None = None) -> dict[str, int]:
         """Drop a document's (or a collection's) entries, and the remembered contexts that hold them."""
         if doc_id is None:
-            self._reuse = ReusePlanner(self._reuse.config, key=lambda h: h.chunk_id)
+            self._planners.clear()
         else:
-            self._reuse.forget(doc_id, doc_of=lambda h: h.doc_id)
+            for planner in self._planners.values():
+                planner.forget(doc_id, doc_of=lambda h: h.doc_id)
         return await self._cache.invalidate(collection, doc_id)
 
     # ---------------------------------------------------------------- one request
@@ -286,7 +290,8 @@ class TokenCachedRAG:
 
         The context order comes from the reuse planner: a recent context that shares enough chunks goes
         first whole, else the longest path of the ordering tree (see ``rag.reuse``)."""
-        plan = self._reuse.plan(ordered)
+        planner = self._planner(request.cache_salt) if request.prefix_cache else None
+        plan = planner.plan(ordered) if planner else ContextPlan(list(ordered), [], "canonical")
         context = plan.order
         lookup = await self._cache.get_tokens([self._ref(h.chunk) for h in context])
         # Chunks the request did not retrieve are the first to go if the prompt must be cut.
@@ -298,9 +303,21 @@ class TokenCachedRAG:
                                           request.max_tokens, turns)
         # Chunks dropped for length are not sources: report only what the model saw, in prompt order.
         kept = [context[i] for i in prompt.kept]
-        self._reuse.record(kept)
+        if planner is not None:  # without KV reuse (a fresh salt) no order can pay off later
+            planner.record(kept)
         return _Prompt(prompt.token_ids, prompt.prefix_len, kept, lookup, list(user_ids),
                        len(request.history) - len(turns))
+
+    def _planner(self, salt: str | None) -> ReusePlanner[SearchHit]:
+        """The reuse planner of one KV namespace; the least recently used namespace goes past the bound."""
+        key = salt or ""
+        planner = self._planners.get(key)
+        if planner is None:
+            planner = self._planners[key] = ReusePlanner(self._reuse_config, key=lambda h: h.chunk_id)
+            while len(self._planners) > self._reuse_config.max_namespaces:
+                self._planners.popitem(last=False)
+        self._planners.move_to_end(key)
+        return planner
 
     def _kept_turns(self, history: Sequence[SessionTurn]) -> list[tuple[list[int], list[int]]]:
         """The most recent turns (user content, output) within half the history budget and the turn cap."""

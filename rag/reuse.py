@@ -46,6 +46,9 @@ class ReuseConfig(BaseModel):
     )
     recent_contexts: int = Field(default=256, ge=1, description="Contexts remembered per agent replica.")
     tree_max_nodes: int = Field(default=4096, ge=16, description="Bound of the ordering tree (nodes).")
+    max_namespaces: int = Field(
+        default=64, ge=1, description="Cache salts (KV namespaces) with a planner of their own, per replica."
+    )
 
 
 @dataclass(frozen=True, slots=True)

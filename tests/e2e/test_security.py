@@ -147,7 +147,7 @@ async def test_pool_backpressure_becomes_unavailable_not_a_500():
 
     with pytest.raises(LLMUnavailableError):
         await LLMPoolClient(FullQueue(), timeout_s=5).generate(GenerateRequest(prompt_token_ids=[1]))
-    response = await gateway._unavailable(None, LLMUnavailableError("queue full"))
+    response = await gateway._table_error(None, LLMUnavailableError("queue full"))
     assert response.status_code == 503 and response.headers["retry-after"]
 
 

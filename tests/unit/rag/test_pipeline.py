@@ -212,3 +212,14 @@ async def test_an_overlapping_set_is_sent_after_the_context_it_shares_so_its_kv_
     assert [s.chunk_id for s in second.sources][:3] == [s.chunk_id for s in first.sources]
     assert [s.chunk_id for s in second.sources][3:] == ["billing-refund#0"]
     assert second.prefix_cached_tokens >= (first_request.prefix_len // 16) * 16
+
+
+async def test_reuse_is_planned_per_kv_namespace_and_not_without_kv_reuse(harness):
+    await harness.run("two factor codes rotate", top_k=3, cache_salt="a")  # remembered under salt "a"
+    other_salt = await harness.run("billing refund password", top_k=3, cache_salt="b")
+    no_reuse = await harness.run("billing refund password", top_k=3, cache_salt="a", prefix_cache=False)
+    canonical = sorted(["billing-refund#0", "reset-password#0", "two-factor#0"])
+    assert [s.chunk_id for s in other_salt.sources] == canonical  # salt "b" has no KV of salt "a"'s context
+    assert [s.chunk_id for s in no_reuse.sources] == canonical  # a fresh salt: no order can pay off
+    reused = await harness.run("billing refund password", top_k=3, cache_salt="a")
+    assert [s.chunk_id for s in reused.sources][3:] == ["billing-refund#0"]  # salt "a" still reuses its own
