@@ -1,7 +1,7 @@
 """The six RAG agents as plain classes (no Ray, no network, no model): prompt, collection, request
 schema and post-processing per agent, on the contract in `agents.base`."""
 
-from agents.base import Agent, AgentCacheSettings, AgentRequest
+from agents.base import Agent, AgentCacheSettings, AgentRequest, EvolvingAgent
 from agents.business import BusinessGenerationAgent, BusinessRequest
 from agents.code_review import CodeReviewAgent, CodeReviewRequest
 from agents.documentation import DocumentationAgent, DocumentationRequest
@@ -21,6 +21,7 @@ __all__ = [
     "CodeReviewRequest",
     "DocumentationAgent",
     "DocumentationRequest",
+    "EvolvingAgent",
     "QAAgent",
     "QARequest",
     "SEDarwinAgent",

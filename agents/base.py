@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from llm.types import CacheSalt
 from retrieval.models import DEFAULT_TOP_K, MAX_TOP_K, SearchHit
 
-__all__ = ["AgentRequest", "AgentCacheSettings", "Agent"]
+__all__ = ["AgentRequest", "AgentCacheSettings", "Agent", "EvolvingAgent"]
 
 MAX_QUERY_CHARS = 4_000
 MAX_CODE_CHARS = 20_000
@@ -88,3 +88,27 @@ class Agent(abc.ABC):
     @abc.abstractmethod
     def postprocess(self, text: str, sources: list[SearchHit], request: AgentRequest) -> Any:
         """Turn the model's text into this agent's JSON output. Must never raise on odd model output."""
+
+
+class EvolvingAgent(Agent):
+    """An agent whose request may run several rounds server-side (SE-Darwin's ``generations``).
+
+    ``rag.agent_service.AgentService`` runs the loop: round 1 is the request as any agent serves it; each
+    later round continues the conversation (the previous round's exact prompt and output token IDs, then a
+    new user turn from ``next_round``). The agent only says how many rounds, what a round produced, and
+    what the next round asks. ``postprocess`` returns a dict, to which the service adds ``"generations"``.
+    """
+
+    @abc.abstractmethod
+    def rounds(self, request: AgentRequest) -> int:
+        """How many rounds this request runs (1 = the plain single answer)."""
+
+    @abc.abstractmethod
+    def generation(self, output: dict[str, Any], request: AgentRequest) -> dict[str, Any]:
+        """What one round produced, from its post-processed output and the request it served
+        (JSON-able, with at least ``"candidate"``)."""
+
+    @abc.abstractmethod
+    def next_round(self, request: AgentRequest, generation: dict[str, Any], number: int) -> tuple[AgentRequest, str]:
+        """Round ``number``'s request (what its ``postprocess`` sees) and its user message, built from the
+        previous round's ``generation``."""

@@ -1,4 +1,9 @@
-"""SE-Darwin: picks evolution operators from its collection and returns one candidate variant per operator."""
+"""SE-Darwin: picks evolution operators from its collection and returns one candidate variant per operator.
+
+With ``generations: n`` (1-8) a request runs n rounds server-side (the loop is in
+``rag.agent_service.AgentService``): each round asks the model to improve the candidate the previous round
+produced, its prompt extending the previous round's exact prompt and output tokens.
+"""
 
 from __future__ import annotations
 
@@ -8,18 +13,20 @@ from typing import Any, ClassVar
 
 from pydantic import Field
 
-from agents.base import Agent, AgentCacheSettings, AgentRequest
+from agents.base import AgentCacheSettings, AgentRequest, EvolvingAgent
 from agents.fields import CodeText, QueryText
 from agents.text import best_per_document, clean_model_text, code_blocks, first_paragraph, markdown_section
 from agents.text import resolve_document
 from retrieval.models import SearchHit
 
-__all__ = ["SEDarwinRequest", "SEDarwinAgent", "parse_operator_sections"]
+__all__ = ["MAX_GENERATIONS", "SEDarwinRequest", "SEDarwinAgent", "parse_operator_sections"]
 
 logger = logging.getLogger(__name__)
 
 MAX_OPERATORS = 3  # variants the model is asked for; more only when it labels more retrieved operators
 _MAX_LABELLED = 5
+MAX_GENERATIONS = 8  # rounds one evolve request may run server-side
+_UNCHANGED = "no variant generated; candidate unchanged"  # marks a variant the model did not write
 _LABEL = re.compile(
     r"^\s*(?:#{1,6}\s*)?(?:[-*+]\s*)?(?:operator|variant|mutation)(?:\s*#?\d+)?\s*[:.(\-\u2013\u2014]\s*(.+?)\s*\)?\s*$",
     re.IGNORECASE,
@@ -34,9 +41,14 @@ class SEDarwinRequest(AgentRequest):
 
     task: QueryText = Field(description="What the candidate should do better, 1-4000 characters.")
     candidate: CodeText = Field(description="The current candidate program, 1-20000 characters.")
+    generations: int = Field(
+        default=1, ge=1, le=MAX_GENERATIONS,
+        description="Rounds of evolution run server-side (1-8): each round improves the candidate of the round "
+        "before, its prompt extending that round's exact tokens; the answer lists every generation.",
+    )
 
 
-class SEDarwinAgent(Agent):
+class SEDarwinAgent(EvolvingAgent):
     """Evolves a candidate. Each retrieved document is one operator; the chosen operators are those the
     model labelled (when they are retrieved documents) and then the best retrieved ones, up to
     MAX_OPERATORS. Each gets one variant: the model's section for it, or the unchanged candidate with an
@@ -98,6 +110,36 @@ class SEDarwinAgent(Agent):
                 "rationale": rationale or f"Applies {source.title} to the candidate.",
             })
         return {"operators": chosen, "variants": variants}
+
+    # ------------------------------------------------------------------ generations (EvolvingAgent)
+
+    def rounds(self, request: AgentRequest) -> int:
+        return getattr(request, "generations", 1)
+
+    def generation(self, output: dict[str, Any], request: AgentRequest) -> dict[str, Any]:
+        """`{"candidate", "operator", "rationale", "changed"}`: the first variant the model wrote that differs
+        from the round's candidate (the model's first choice), else the candidate carried over unchanged."""
+        candidate = getattr(request, "candidate", "") or ""
+        for variant in output.get("variants", []):
+            code = variant.get("code", "")
+            if code.strip() and code.strip() != candidate.strip() and _UNCHANGED not in code.split("\n", 1)[0]:
+                return {"candidate": code, "operator": variant["operator"], "rationale": variant["rationale"],
+                        "changed": True}
+        return {"candidate": candidate, "operator": None,
+                "rationale": "The model wrote no new variant; the candidate is carried over unchanged.",
+                "changed": False}
+
+    def next_round(self, request: AgentRequest, generation: dict[str, Any], number: int) -> tuple[AgentRequest, str]:
+        """The next round's request holds the previous round's candidate; its message asks to improve it.
+        The candidate is repeated in the message so the model need not guess which earlier variant it is."""
+        following = request.model_copy(update={"candidate": generation["candidate"]})
+        if generation.get("operator"):
+            origin = f"your variant for operator {generation['operator']} from the previous generation"
+        else:
+            origin = "carried over unchanged: the previous generation gave no new variant"
+        message = (f"Generation {number}: improve this candidate further for the same task ({origin}). "
+                   f"Answer in the same format.\n\n{self.user_message(following)}")
+        return following, message
 
 
 def parse_operator_sections(text: str, sources: list[SearchHit]) -> dict[str, tuple[str, str]]:
@@ -164,7 +206,7 @@ def _code_and_rationale(body: str) -> tuple[str, str]:
 def _annotated(candidate: str, source: SearchHit) -> str:
     comment = "#" if "def " in candidate or "{" not in candidate else "//"
     return (
-        f"{comment} operator: {source.doc_id} ({source.title}): no variant generated; candidate unchanged\n"
+        f"{comment} operator: {source.doc_id} ({source.title}): {_UNCHANGED}\n"
         f"{candidate}"
     )
 

@@ -313,11 +313,13 @@ class Gateway:
             stream = handle.options(stream=True).answer_stream.remote(body)
             return StreamingResponse(_guarded_stream(stream), media_type="text/event-stream")
         response = handle.answer.remote(body)
+        # SE-Darwin's `generations` runs that many LLM rounds in one request: each gets the usual budget.
+        budget_s = self.config.request_timeout_s * getattr(body, "generations", 1)
         try:
-            return await asyncio.wait_for(await_response(response), timeout=self.config.request_timeout_s + 5)
+            return await asyncio.wait_for(await_response(response), timeout=budget_s + 5)
         except TimeoutError as err:
             response.cancel()
-            raise LLMUnavailableError(f"agent {name} did not answer within {self.config.request_timeout_s:.0f} s") from err
+            raise LLMUnavailableError(f"agent {name} did not answer within {budget_s:.0f} s") from err
 
     # -- collections
 

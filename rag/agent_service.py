@@ -1,4 +1,9 @@
-"""One agent bound to its pipeline: agent request in, the HTTP contract's answer out (post-processing included)."""
+"""One agent bound to its pipeline: agent request in, the HTTP contract's answer out (post-processing included).
+
+An ``EvolvingAgent`` (SE-Darwin) may ask for several rounds (``generations``); ``AgentService`` runs them
+as a conversation, each round's prompt extending the previous round's exact prompt and output tokens (see
+``_rounds``).
+"""
 
 from __future__ import annotations
 
@@ -6,10 +11,11 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
-from agents.base import Agent, AgentRequest
+from agents.base import Agent, AgentRequest, EvolvingAgent
 from llm.exceptions import InvalidRequestError
 from rag.pipeline import RAGRequest, RAGResult, TokenCachedRAG
 from rag.sessions import Session, SessionStore, SessionTurn
@@ -88,60 +94,157 @@ class AgentService:
                                       f"{session.agent} agent, not {self.agent.name}")
         return session
 
-    async def _record(self, session: Session | None, rag_request: RAGRequest, run: RAGResult) -> dict[str, Any] | None:
-        """Append this turn (its exact prompt and output IDs) to the conversation and store it."""
-        if session is None:
-            return None
+    @staticmethod
+    def _append_turn(session: Session, rag_request: RAGRequest, run: RAGResult) -> None:
+        """Add this turn (its exact prompt and output IDs) to the conversation, in memory only."""
         kept = session.turns[run.dropped_turns:]
         session.dropped_turns += run.dropped_turns
         session.turns = [*kept, SessionTurn(
             prompt_token_ids=run.prompt_token_ids, response_token_ids=run.output_token_ids, user_ids=run.user_ids,
             user_text=rag_request.user_message, response_text=run.text, sources=[h.chunk_id for h in run.sources],
             plain=not rag_request.use_cache)]
+
+    async def _record(self, session: Session | None, rag_request: RAGRequest, run: RAGResult) -> dict[str, Any] | None:
+        """Append this turn to the conversation and store it."""
+        if session is None:
+            return None
+        self._append_turn(session, rag_request, run)
         await self.sessions.put(session)
         return {"session_id": session.session_id, "turn": session.dropped_turns + len(session.turns) - 1,
                 "dropped_turns": run.dropped_turns, "history_rebuilt": run.history_rebuilt}
 
-    def _response(self, run: RAGResult, request: AgentRequest, session: dict[str, Any] | None = None) -> dict[str, Any]:
+    def _response(self, runs: Sequence[RAGResult], output: Any, session: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The contract's answer for one or more rounds.
+
+        Over several rounds (``generations``): ``usage`` and ``cache`` counts are sums over the rounds
+        (``hit_rate`` recomputed from the sums); ``latency_ms`` sums ``retrieve``, ``tokens``, ``generate``
+        and ``total`` (so ``total`` is the rounds' time end to end, post-processing between rounds aside),
+        while ``ttft`` is the first round's (when the client sees the first token). ``sources`` are the
+        last round's (a follow-up round keeps every chunk the conversation holds)."""
+        last = runs[-1]
+        hits, misses = sum(r.cache_hits for r in runs), sum(r.cache_misses for r in runs)
+
+        def summed(key: str) -> float:
+            return round(sum(r.latency_ms.get(key, 0.0) for r in runs), 3)
+
+        latency = {"retrieve": summed("retrieve"), "tokens": summed("tokens"),
+                   "ttft": runs[0].latency_ms.get("ttft", 0.0), "generate": summed("generate"), "total": summed("total")}
         body = {
             "agent": self.agent.name,
-            "output": self.agent.postprocess(run.text, run.sources, request),
-            "sources": [s.chunk_id for s in run.sources],
-            "usage": {
-                "prompt_tokens": run.prompt_tokens,
-                "prefix_cached_tokens": run.prefix_cached_tokens,
-                "completion_tokens": run.completion_tokens,
-            },
-            "cache": {"hits": run.cache_hits, "misses": run.cache_misses, "hit_rate": round(run.cache_hit_rate, 4)},
-            "latency_ms": run.latency_ms,
+            "output": output,
+            "sources": [s.chunk_id for s in last.sources],
+            "usage": _usage(runs),
+            "cache": {"hits": hits, "misses": misses, "hit_rate": round(hits / (hits + misses), 4) if hits + misses else 0.0},
+            "latency_ms": latency,
         }
         if session is not None:
             body["session"] = session
         return body
 
     async def answer(self, request: AgentRequest) -> dict[str, Any]:
+        if isinstance(self.agent, EvolvingAgent):
+            body: dict[str, Any] = {}
+            async for item in self._rounds(request, stream=False):
+                body = item if isinstance(item, dict) else body
+            return body
         session = await self._session(request)
         rag_request = self.rag_request(request, session)
         run = await self.rag.run(rag_request)
-        return self._response(run, request, await self._record(session, rag_request, run))
+        output = self.agent.postprocess(run.text, run.sources, request)
+        return self._response([run], output, await self._record(session, rag_request, run))
 
     async def answer_stream(self, request: AgentRequest) -> AsyncIterator[str]:
-        """Server-sent events: ``{"delta": text}`` as tokens arrive, then the full answer, then ``[DONE]``."""
+        """Server-sent events: ``{"delta": text}`` as tokens arrive, then the full answer, then ``[DONE]``.
+
+        An ``EvolvingAgent`` streams every round: ``{"delta": text, "generation": g}`` as round g's tokens
+        arrive, ``{"generation": g, "result": {...}}`` when it ends (the entry of ``output.generations``),
+        then the full answer and ``[DONE]``."""
+        if isinstance(self.agent, EvolvingAgent):
+            decoder = _Deltas(self.rag.decode)
+            async for item in self._rounds(request, stream=True):
+                if isinstance(item, _RoundTokens):
+                    delta = decoder.add(item.generation, item.token_ids)
+                    if delta:
+                        yield _sse({"delta": delta, "generation": item.generation})
+                elif isinstance(item, _RoundDone):
+                    yield _sse({"generation": item.entry["generation"], "result": item.entry})
+                else:
+                    yield _sse(item)
+            yield "data: [DONE]\n\n"
+            return
         session = await self._session(request)
         rag_request = self.rag_request(request, session)
-        ids: list[int] = []
-        sent = ""
+        decoder = _Deltas(self.rag.decode)
         async for item in self.rag.run_stream(rag_request):
             if isinstance(item, RAGResult):
-                yield _sse(self._response(item, request, await self._record(session, rag_request, item)))
+                output = self.agent.postprocess(item.text, item.sources, request)
+                yield _sse(self._response([item], output, await self._record(session, rag_request, item)))
                 continue
-            ids.extend(item)
-            # Decode the whole output each time: a token may complete a multi-byte character only later.
-            text = self.rag.decode(ids)
-            if len(text) > len(sent) and text.startswith(sent):
-                yield _sse({"delta": text[len(sent):]})
-                sent = text
+            delta = decoder.add(1, item)
+            if delta:
+                yield _sse({"delta": delta})
         yield "data: [DONE]\n\n"
+
+    async def _rounds(self, request: AgentRequest, stream: bool) -> AsyncIterator[_RoundTokens | _RoundDone | dict[str, Any]]:
+        """An ``EvolvingAgent``'s rounds as one conversation; yields each round's tokens (when streaming)
+        and its end, then the answer.
+
+        Round 1 is the request as any agent serves it (continuing its session, if any). Round k+1 is a
+        follow-up turn: the pipeline extends round k's exact prompt and output token IDs with a user turn
+        from ``agent.next_round`` (unless the conversation outgrew ``sessions`` limits, when the pipeline
+        rebuilds it around its recent turns, as for any session, and says so in ``history_rebuilt``).
+
+        Retrieval: every round retrieves with round 1's query (the task and the original candidate), the
+        simplest choice: the pipeline's follow-up path needs no change, the search is deterministic (the
+        same chunks, milliseconds against seconds of generation), and chunks the conversation already holds
+        are never added again, so the follow-up turn carries no context, only the message. Only a chunk
+        that appeared in the collection between rounds would be appended, after the history.
+
+        With a ``session_id`` each round is recorded (and stored) as a turn; without one the rounds use a
+        transient in-memory conversation that is dropped with the answer."""
+        assert isinstance(self.agent, EvolvingAgent)
+        agent = self.agent
+        stored = await self._session(request)
+        conversation = stored if stored is not None else Session("", agent.name)
+        first = self.rag_request(request, conversation)
+        rag_request, round_request = first, request
+        runs: list[RAGResult] = []
+        generations: list[dict[str, Any]] = []
+        records: list[dict[str, Any]] = []
+        output: dict[str, Any] = {}
+        total = agent.rounds(request)
+        for number in range(1, total + 1):
+            run: RAGResult | None = None
+            if stream:
+                async for item in self.rag.run_stream(rag_request):
+                    if isinstance(item, RAGResult):
+                        run = item
+                    else:
+                        yield _RoundTokens(number, item)
+                assert run is not None
+            else:
+                run = await self.rag.run(rag_request)
+            runs.append(run)
+            output = agent.postprocess(run.text, run.sources, round_request)
+            if stored is not None:
+                record = await self._record(stored, rag_request, run)
+                assert record is not None
+                records.append(record)
+            else:
+                self._append_turn(conversation, rag_request, run)
+            entry = {"generation": number, **agent.generation(output, round_request), "usage": _usage([run]),
+                     "history_rebuilt": run.history_rebuilt}
+            generations.append(entry)
+            yield _RoundDone(entry)
+            if number < total:
+                round_request, message = agent.next_round(round_request, entry, number + 1)
+                rag_request = replace(first, user_message=message, history=tuple(conversation.turns))
+        session = None
+        if records:
+            session = {**records[-1], "first_turn": records[0]["turn"],
+                       "dropped_turns": sum(r["dropped_turns"] for r in records),
+                       "history_rebuilt": any(r["history_rebuilt"] for r in records)}
+        yield self._response(runs, {**output, "generations": generations}, session)
 
     async def get_session(self, session_id: str) -> dict[str, Any] | None:
         session = await self.sessions.get(session_id)
@@ -156,3 +259,42 @@ class AgentService:
 
 def _sse(payload: dict[str, Any]) -> str:
     return f"data: {json.dumps(payload)}\n\n"
+
+
+def _usage(runs: Sequence[RAGResult]) -> dict[str, int]:
+    """Token counts summed over rounds (one round: that round's)."""
+    return {"prompt_tokens": sum(r.prompt_tokens for r in runs),
+            "prefix_cached_tokens": sum(r.prefix_cached_tokens for r in runs),
+            "completion_tokens": sum(r.completion_tokens for r in runs)}
+
+
+@dataclass(frozen=True, slots=True)
+class _RoundTokens:
+    generation: int
+    token_ids: list[int]
+
+
+@dataclass(frozen=True, slots=True)
+class _RoundDone:
+    entry: dict[str, Any]
+
+
+class _Deltas:
+    """Text deltas of streamed output, per round. The whole round's output is decoded each time: a token may
+    complete a multi-byte character only later."""
+
+    def __init__(self, decode: Callable[[Sequence[int]], str]) -> None:
+        self._decode = decode
+        self._round = 0
+        self._ids: list[int] = []
+        self._sent = ""
+
+    def add(self, round_number: int, token_ids: Sequence[int]) -> str:
+        if round_number != self._round:
+            self._round, self._ids, self._sent = round_number, [], ""
+        self._ids.extend(token_ids)
+        text = self._decode(self._ids)
+        if len(text) > len(self._sent) and text.startswith(self._sent):
+            delta, self._sent = text[len(self._sent):], text
+            return delta
+        return ""

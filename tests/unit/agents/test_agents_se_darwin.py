@@ -146,3 +146,33 @@ def test_operators_are_ranked_by_score_not_by_source_order(make_source):
     sources = list(reversed(_sources(make_source)))  # e.g. the prompt's canonical order
     out = SEDarwinAgent().postprocess("", sources, _request())
     assert out["operators"] == ["memoization-insertion", "early-return-refactor", "loop-unrolling-mutation"]
+
+
+def test_generation_is_the_first_variant_the_model_wrote(make_source):
+    agent, request = SEDarwinAgent(), _request()
+    out = agent.postprocess(WELL_FORMED, _sources(make_source), request)
+    generation = agent.generation(out, request)
+    assert generation["changed"] and generation["operator"] == "memoization-insertion"
+    assert generation["candidate"] == out["variants"][0]["code"] and "lru_cache" in generation["candidate"]
+
+
+def test_generation_carries_the_candidate_over_when_the_model_wrote_no_variant(make_source):
+    agent, request = SEDarwinAgent(), _request()
+    out = agent.postprocess("nothing useful", _sources(make_source), request)
+    generation = agent.generation(out, request)
+    assert generation == {"candidate": CANDIDATE, "operator": None, "changed": False,
+                          "rationale": generation["rationale"]}
+    # A variant that only repeats the candidate is no new generation either.
+    same = {"variants": [{"operator": "x", "title": "X", "code": CANDIDATE + "\n", "rationale": "r"}]}
+    assert agent.generation(same, request)["changed"] is False
+
+
+def test_next_round_holds_the_new_candidate_and_asks_to_improve_it():
+    agent, request = SEDarwinAgent(), SEDarwinRequest(task=TASK, candidate=CANDIDATE, generations=3)
+    generation = {"candidate": "def fib(n):\n    return 1", "operator": "memoization-insertion"}
+    following, message = agent.next_round(request, generation, 2)
+    assert following.candidate == generation["candidate"] and following.task == TASK
+    assert following.generations == 3
+    assert message.startswith("Generation 2: improve this candidate further")
+    assert "memoization-insertion" in message and message.endswith(agent.user_message(following))
+    assert agent.rounds(request) == 3 and agent.rounds(_request()) == 1

@@ -33,7 +33,7 @@ class Harness:
     def __init__(self, tmp_path, max_model_len: int = 4096) -> None:
         self.tokenizer = FakeTokenizer()
         self.engine = FakeTokenEngine()
-        embedder = HashingEmbedder()
+        self.embedder = embedder = HashingEmbedder()
         store = CollectionStore(tmp_path / "store.sqlite3")
         store.create_collection("support_kb")
         store.upsert_documents("support_kb", DOCS, lambda text: [text], embedder.embed)
