@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from llm.types import CacheSalt
 from retrieval.models import DEFAULT_TOP_K, MAX_TOP_K, SearchHit
 
-__all__ = ["AgentRequest", "AgentCacheSettings", "Agent"]
+__all__ = ["AgentRequest", "AgentCacheSettings", "AgentOutput", "Agent"]
 
 MAX_QUERY_CHARS = 4_000
 MAX_CODE_CHARS = 20_000
@@ -67,6 +67,22 @@ class AgentCacheSettings:
     max_cache_size_mb: int
 
 
+@dataclass(frozen=True, slots=True)
+class AgentOutput:
+    """What post-processing made of the model's text: the agent's JSON ``output``, and one warning per part
+    of it that was filled in rather than generated (a template section, a skeleton test, the best source's
+    opening paragraph). Each warning starts with the part's path in ``output`` (``"answer: ..."``,
+    ``"variants[1].code: ..."``); none when the whole output came from the model's text. The answer carries
+    both: ``"fallback": true`` when there is any warning, and ``"warnings"``."""
+
+    output: Any
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def fallback(self) -> bool:
+        return bool(self.warnings)
+
+
 class Agent(abc.ABC):
     """One agent's specifics. Subclasses set the class attributes and implement the three methods."""
 
@@ -86,5 +102,6 @@ class Agent(abc.ABC):
         """The user turn of the prompt (the part that differs per request; it comes after the context)."""
 
     @abc.abstractmethod
-    def postprocess(self, text: str, sources: list[SearchHit], request: AgentRequest) -> Any:
-        """Turn the model's text into this agent's JSON output. Must never raise on odd model output."""
+    def postprocess(self, text: str, sources: list[SearchHit], request: AgentRequest) -> AgentOutput:
+        """Turn the model's text into this agent's JSON output, saying which parts were filled in rather
+        than generated. Must never raise on odd model output."""

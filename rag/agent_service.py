@@ -103,9 +103,14 @@ class AgentService:
                 "dropped_turns": run.dropped_turns, "history_rebuilt": run.history_rebuilt}
 
     def _response(self, run: RAGResult, request: AgentRequest, session: dict[str, Any] | None = None) -> dict[str, Any]:
+        processed = self.agent.postprocess(run.text, run.sources, request)
         body = {
             "agent": self.agent.name,
-            "output": self.agent.postprocess(run.text, run.sources, request),
+            "output": processed.output,
+            # Always present: true, with one warning per part, when any of the output was filled in
+            # (a template section, a skeleton test, a source's opening) rather than generated.
+            "fallback": processed.fallback,
+            "warnings": list(processed.warnings),
             "sources": [s.chunk_id for s in run.sources],
             "usage": {
                 "prompt_tokens": run.prompt_tokens,
