@@ -8,6 +8,7 @@ is a 503 with ``Retry-After``, and nothing else leaks as a stack trace.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import logging
 import os
@@ -21,6 +22,7 @@ from ray import serve
 from ray.exceptions import RayTaskError
 from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from agents.base import MAX_QUERY_CHARS, SESSION_ID_PATTERN, AgentRequest
 from agents.registry import AGENTS
@@ -32,7 +34,8 @@ from llm.completions import CompletionRequest, CompletionsService
 from llm.fallback import FallbackConfig
 from rag.builder import build_llm, build_retrieval
 from retrieval.config import RetrievalConfig
-from retrieval.exceptions import CollectionNotFoundError, DocumentNotFoundError, InvalidInputError, RetrievalError
+from retrieval.exceptions import (CollectionNotFoundError, DocumentNotFoundError, InvalidCollectionNameError,
+                                  InvalidInputError, RetrievalError)
 from retrieval.models import DEFAULT_TOP_K, MAX_TOP_K, Document, WriteResult
 from routing.prefix_affinity import PrefixKeyConfig
 from tokenization import HuggingFaceTokenizer
@@ -138,11 +141,25 @@ _ERROR_TABLE: tuple[tuple[type[BaseException], int, str, bool], ...] = (
 
 
 def _mapped_error(exc: BaseException) -> JSONResponse | None:
+    """The table's answer for `exc`; a 4xx names the field from the error's own `field` (every 4xx error type
+    of the table has one: the request field, path parameter included, that was wrong)."""
     for kind, status, error_type, retry in _ERROR_TABLE:
         if isinstance(exc, kind):
             return _error(status, error_type, str(exc), getattr(exc, "field", None),
                           headers={"Retry-After": str(RETRY_AFTER_S)} if retry else None)
     return None
+
+
+@contextlib.contextmanager
+def _collection_from(field: str):
+    """Errors about the collection's name name `field`, the request field that held it (the retrieval
+    package says "collection"; the collection routes take it as the path parameter ``name``)."""
+    try:
+        yield
+    except CollectionNotFoundError as err:
+        raise CollectionNotFoundError(err.name, field) from None
+    except InvalidCollectionNameError as err:
+        raise InvalidCollectionNameError(field, err.message) from None
 
 
 async def _table_error(request: Request, exc: Exception) -> JSONResponse:
@@ -153,6 +170,15 @@ async def _table_error(request: Request, exc: Exception) -> JSONResponse:
 
 for _kind, *_ in _ERROR_TABLE:
     app.add_exception_handler(_kind, _table_error)
+
+
+@app.exception_handler(StarletteHTTPException)
+async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    # FastAPI's and Starlette's own answers (an unreadable body, no such route, wrong method) in our error
+    # shape, naming what was wrong.
+    field = {400: "body", 404: "path", 405: "method"}.get(exc.status_code)
+    kind = {400: "invalid_request", 404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+    return _error(exc.status_code, kind, str(exc.detail), field, headers=getattr(exc, "headers", None))
 
 
 @app.exception_handler(RayTaskError)
@@ -328,12 +354,14 @@ class Gateway:
 
     @app.get("/v1/collections/{name}", dependencies=[Depends(_require_key_for_reads)])
     async def get_collection(self, name: str) -> dict[str, Any]:
-        return _info(await self._retrieval.get_collection(name))
+        with _collection_from("name"):
+            return _info(await self._retrieval.get_collection(name))
 
     @app.post("/v1/collections/{name}/search", dependencies=[Depends(_require_key_for_reads)])
     async def search_collection(self, name: str, body: SearchBody) -> dict[str, Any]:
         """What the agents would retrieve: ranked chunks, for external RAG clients and for debugging."""
-        hits = await self._retrieval.search(name, body.query, body.top_k)
+        with _collection_from("name"):
+            hits = await self._retrieval.search(name, body.query, body.top_k)
         return {"collection": name, "results": [
             {"chunk_id": h.chunk_id, "doc_id": h.doc_id, "score": round(float(h.score), 6), "text": h.text}
             for h in hits]}
@@ -341,13 +369,15 @@ class Gateway:
     @app.put("/v1/collections/{name}/documents", dependencies=[Depends(_require_key)])
     async def upsert_documents(self, name: str, body: UpsertDocumentsBody) -> dict[str, Any]:
         docs = [Document(id=d.id, text=d.text, metadata=d.metadata) for d in body.documents]
-        result = await self._retrieval.upsert(name, docs)
+        with _collection_from("name"):
+            result = await self._retrieval.upsert(name, docs)
         await self._invalidate_removed(result)
         return _write(result)
 
     @app.delete("/v1/collections/{name}/documents/{doc_id}", dependencies=[Depends(_require_key)])
     async def delete_document(self, name: str, doc_id: str) -> dict[str, Any]:
-        result = await self._retrieval.delete(name, doc_id)
+        with _collection_from("name"):
+            result = await self._retrieval.delete(name, doc_id)
         await self._invalidate_removed(result)
         return _write(result)
 
@@ -413,7 +443,7 @@ class Gateway:
 
     @app.post("/v1/cache/warmup", dependencies=[Depends(_require_key)])
     async def cache_warmup(self, body: CollectionBody) -> dict[str, Any]:
-        await self._retrieval.get_collection(body.collection)  # 404 for an unknown collection
+        await self._retrieval.get_collection(body.collection)  # 404 naming "collection" for an unknown one
         results = await self._broadcast_to_agents(body.collection, "warm")
         return {"collection": body.collection, "replicas": results}
 
