@@ -29,9 +29,14 @@ SessionId = Annotated[str, StringConstraints(min_length=1, max_length=128, patte
 
 
 class AgentRequest(BaseModel):
-    """Fields every agent route accepts besides its own."""
+    """Fields every agent route accepts besides its own.
 
-    model_config = ConfigDict(extra="forbid")
+    Strict, like every HTTP body: a value of the wrong JSON type is refused, never coerced (``"5"`` is not
+    an int, ``"true"`` not a bool, ``1`` not a string); only an integer is accepted where a float is due.
+    Subclasses inherit the config.
+    """
+
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     top_k: int = Field(default=DEFAULT_TOP_K, ge=1, le=MAX_TOP_K, description="Chunks to retrieve as context.")
     max_tokens: int = Field(default=128, ge=1, le=1024, description="Most tokens to generate.")

@@ -12,6 +12,7 @@ import contextlib
 import hmac
 import logging
 import os
+import re
 from typing import Any
 
 from fastapi import Depends, FastAPI, Path, Request
@@ -68,7 +69,7 @@ class GatewayConfig(BaseModel):
 
 
 class DocumentIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     id: str = Field(min_length=1, max_length=128, description="Document id, unique in its collection.")
     text: str = Field(min_length=1, description="Document text (Markdown or plain).")
@@ -76,20 +77,20 @@ class DocumentIn(BaseModel):
 
 
 class UpsertDocumentsBody(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     documents: list[DocumentIn] = Field(min_length=1, description="Documents to add or replace.")
 
 
 class SearchBody(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     query: str = Field(min_length=1, max_length=MAX_QUERY_CHARS, description="Text to search the collection with.")
     top_k: int = Field(default=DEFAULT_TOP_K, ge=1, le=MAX_TOP_K, description="Chunks to return, best first.")
 
 
 class CollectionBody(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     collection: str = Field(min_length=1, max_length=64, description="Collection name.")
 
@@ -104,23 +105,46 @@ def _error(status: int, kind: str, message: str, field: str | None = None, heade
     return JSONResponse(status_code=status, content=body, headers=headers)
 
 
-def _field_name(loc: tuple) -> str:
+# pydantic locates an error inside a union member under the member's type ("prompt", "list[int]", 3); no
+# field of our bodies is named like a type, so such parts are dropped from the field name.
+_TYPE_NAMES = frozenset({"str", "int", "float", "bool", "bytes", "none", "dict", "list", "tuple", "set"})
+_TYPE_TAG = re.compile(r"[\[\](),\s-]")
+
+
+def _loc_parts(loc: tuple) -> tuple:
     # FastAPI locations look like ("body", "prompt", 3); the first part says where, not which field.
-    parts = [str(p) for p in loc[1:]] if loc and loc[0] in ("body", "query", "path") else [str(p) for p in loc]
+    parts = loc[1:] if loc and loc[0] in ("body", "query", "path", "header") else loc
+    return tuple(p for p in parts if not (isinstance(p, str) and (p in _TYPE_NAMES or _TYPE_TAG.search(p))))
+
+
+def _field_name(parts: tuple) -> str:
+    """``documents[0].id`` from ("documents", 0, "id")."""
     name = ""
     for part in parts:
+        part = str(part)
         name += f"[{part}]" if part.isdigit() else (f".{part}" if name else part)
     return name or "body"
 
 
+def _invalid_field(errors: list[dict[str, Any]]) -> tuple[str, str]:
+    """Field name and message of the first invalid field. A value matching no member of a union (``prompt``:
+    text or token IDs) gives one error per member: the deepest names the field most precisely (``prompt[1]``
+    in a token list), and at equal depth the members' messages are joined."""
+    located = [(_loc_parts(tuple(e.get("loc", ()))), str(e.get("msg", "invalid request"))) for e in errors]
+    first = located[0][0]
+    same = [(parts, msg) for parts, msg in located if first and parts[:len(first)] == first] or located[:1]
+    depth = max(len(parts) for parts, _ in same)
+    deepest = [(parts, msg) for parts, msg in same if len(parts) == depth]
+    return _field_name(deepest[0][0]), " or ".join(dict.fromkeys(msg for _, msg in deepest))
+
+
 @app.exception_handler(RequestValidationError)
 async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-    errors = exc.errors()
-    first = errors[0] if errors else {"loc": ("body",), "msg": "invalid request"}
-    field = _field_name(tuple(first.get("loc", ())))
-    if first.get("type") == "json_invalid":
-        return _error(400, "invalid_json", f"request body is not valid JSON: {first.get('msg')}", "body")
-    return _error(422, "invalid_request", f"{field}: {first.get('msg')}", field)
+    errors = list(exc.errors()) or [{"loc": ("body",), "msg": "invalid request"}]
+    if errors[0].get("type") == "json_invalid":
+        return _error(400, "invalid_json", f"request body is not valid JSON: {errors[0].get('msg')}", "body")
+    field, message = _invalid_field(errors)
+    return _error(422, "invalid_request", f"{field}: {message}", field)
 
 
 # One table: which exception becomes which answer. Raised here or inside a deployment (then it arrives
