@@ -50,7 +50,7 @@ app = FastAPI(title="token-cached-rag", version="0.1.0")
 RETRY_AFTER_S = 5  # hint sent with 503 answers; the pool usually recovers (replica restart) within seconds
 API_KEY_ENV = "TCRAG_API_KEY"
 SESSION_ID_PATH = Path(min_length=1, max_length=128, pattern=SESSION_ID_PATTERN, description="Conversation id.")
-MAX_BODY_BYTES = 16 << 20  # above any valid request (an upsert of many large documents); checked before reading
+MAX_BODY_BYTES = 16 << 20  # above any valid request (an upsert of many large documents); see BodyLimit
 
 
 class GatewayConfig(BaseModel):
@@ -216,14 +216,61 @@ async def _remote_error(request: Request, exc: RayTaskError) -> JSONResponse:
     return _error(500, "internal", f"internal error: {type(cause or exc).__name__}")
 
 
-@app.middleware("http")
-async def _limit_body_size(request: Request, call_next):
-    """Refuse a declared body over MAX_BODY_BYTES before it is read (413 naming the body)."""
-    length = request.headers.get("content-length")
-    if length is not None and (not length.isdigit() or int(length) > MAX_BODY_BYTES):
-        return _error(413, "payload_too_large", f"request body over {MAX_BODY_BYTES} bytes (Content-Length {length})",
-                      "body")
-    return await call_next(request)
+class BodyLimit:
+    """ASGI wrapper that refuses a request body over `max_bytes` with a 413 naming the body.
+
+    A declared Content-Length over the limit is refused before anything is read. Otherwise the body is read
+    here with a running count, whatever its framing (a chunked upload declares no length): past the limit
+    the read stops and the 413 is sent, so at most `max_bytes` plus one received message is ever held. A
+    body within the limit is handed to the app as one message; later ``receive`` calls (a streaming
+    response waiting for a disconnect) go to the server.
+    """
+
+    def __init__(self, app: Any, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        length = dict(scope.get("headers") or []).get(b"content-length")
+        if length is not None and (not length.isdigit() or int(length) > self.max_bytes):
+            await self._refuse(scope, receive, send, f" (Content-Length {length.decode(errors='replace')})")
+            return
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":  # the client went away before sending the whole body
+                return
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_bytes:
+                await self._refuse(scope, receive, send, "")
+                return
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        body: dict[str, Any] | None = {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+        chunks.clear()
+
+        async def replay() -> dict[str, Any]:
+            nonlocal body
+            if body is not None:
+                message, body = body, None
+                return message
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+    async def _refuse(self, scope: dict, receive: Any, send: Any, detail: str) -> None:
+        response = _error(413, "payload_too_large", f"body: request body over {self.max_bytes} bytes{detail}",
+                          "body", headers={"Connection": "close"})
+        await response(scope, receive, send)
+
+
+app.add_middleware(BodyLimit, max_bytes=MAX_BODY_BYTES)
 
 
 # ----------------------------------------------------------------------------- auth
