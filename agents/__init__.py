@@ -1,7 +1,7 @@
 """The six RAG agents as plain classes (no Ray, no network, no model): prompt, collection, request
 schema and post-processing per agent, on the contract in `agents.base`."""
 
-from agents.base import Agent, AgentCacheSettings, AgentRequest, EvolvingAgent
+from agents.base import Agent, AgentCacheSettings, AgentOutput, AgentRequest, EvolvingAgent
 from agents.business import BusinessGenerationAgent, BusinessRequest
 from agents.code_review import CodeReviewAgent, CodeReviewRequest
 from agents.documentation import DocumentationAgent, DocumentationRequest
@@ -14,6 +14,7 @@ __all__ = [
     "AGENTS",
     "Agent",
     "AgentCacheSettings",
+    "AgentOutput",
     "AgentRequest",
     "BusinessGenerationAgent",
     "BusinessRequest",

@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from llm.types import CacheSalt
 from retrieval.models import DEFAULT_TOP_K, MAX_TOP_K, SearchHit
 
-__all__ = ["AgentRequest", "AgentCacheSettings", "Agent", "EvolvingAgent"]
+__all__ = ["AgentRequest", "AgentCacheSettings", "AgentOutput", "Agent", "EvolvingAgent"]
 
 MAX_QUERY_CHARS = 4_000
 MAX_CODE_CHARS = 20_000
@@ -29,9 +29,14 @@ SessionId = Annotated[str, StringConstraints(min_length=1, max_length=128, patte
 
 
 class AgentRequest(BaseModel):
-    """Fields every agent route accepts besides its own."""
+    """Fields every agent route accepts besides its own.
 
-    model_config = ConfigDict(extra="forbid")
+    Strict, like every HTTP body: a value of the wrong JSON type is refused, never coerced (``"5"`` is not
+    an int, ``"true"`` not a bool, ``1`` not a string); only an integer is accepted where a float is due.
+    Subclasses inherit the config.
+    """
+
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     top_k: int = Field(default=DEFAULT_TOP_K, ge=1, le=MAX_TOP_K, description="Chunks to retrieve as context.")
     max_tokens: int = Field(default=128, ge=1, le=1024, description="Most tokens to generate.")
@@ -67,6 +72,22 @@ class AgentCacheSettings:
     max_cache_size_mb: int
 
 
+@dataclass(frozen=True, slots=True)
+class AgentOutput:
+    """What post-processing made of the model's text: the agent's JSON ``output``, and one warning per part
+    of it that was filled in rather than generated (a template section, a skeleton test, the best source's
+    opening paragraph). Each warning starts with the part's path in ``output`` (``"answer: ..."``,
+    ``"variants[1].code: ..."``); none when the whole output came from the model's text. The answer carries
+    both: ``"fallback": true`` when there is any warning, and ``"warnings"``."""
+
+    output: Any
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def fallback(self) -> bool:
+        return bool(self.warnings)
+
+
 class Agent(abc.ABC):
     """One agent's specifics. Subclasses set the class attributes and implement the three methods."""
 
@@ -86,8 +107,9 @@ class Agent(abc.ABC):
         """The user turn of the prompt (the part that differs per request; it comes after the context)."""
 
     @abc.abstractmethod
-    def postprocess(self, text: str, sources: list[SearchHit], request: AgentRequest) -> Any:
-        """Turn the model's text into this agent's JSON output. Must never raise on odd model output."""
+    def postprocess(self, text: str, sources: list[SearchHit], request: AgentRequest) -> AgentOutput:
+        """Turn the model's text into this agent's JSON output, saying which parts were filled in rather
+        than generated. Must never raise on odd model output."""
 
 
 class EvolvingAgent(Agent):
@@ -96,7 +118,10 @@ class EvolvingAgent(Agent):
     ``rag.agent_service.AgentService`` runs the loop: round 1 is the request as any agent serves it; each
     later round continues the conversation (the previous round's exact prompt and output token IDs, then a
     new user turn from ``next_round``). The agent only says how many rounds, what a round produced, and
-    what the next round asks. ``postprocess`` returns a dict, to which the service adds ``"generations"``.
+    what the next round asks. ``postprocess`` returns an ``AgentOutput`` whose ``output`` is a dict, to
+    which the service adds ``"generations"``; the answer's ``warnings`` are every round's, each prefixed
+    with its generation (``"generations[2].variants[0].code: ..."``), and ``fallback`` is true when any
+    round filled anything in.
     """
 
     @abc.abstractmethod
@@ -105,8 +130,8 @@ class EvolvingAgent(Agent):
 
     @abc.abstractmethod
     def generation(self, output: dict[str, Any], request: AgentRequest) -> dict[str, Any]:
-        """What one round produced, from its post-processed output and the request it served
-        (JSON-able, with at least ``"candidate"``)."""
+        """What one round produced, from its post-processed output (``AgentOutput.output``) and the request
+        it served (JSON-able, with at least ``"candidate"``)."""
 
     @abc.abstractmethod
     def next_round(self, request: AgentRequest, generation: dict[str, Any], number: int) -> tuple[AgentRequest, str]:

@@ -8,7 +8,7 @@ from typing import Any, ClassVar
 
 from pydantic import Field
 
-from agents.base import Agent, AgentCacheSettings, AgentRequest
+from agents.base import Agent, AgentCacheSettings, AgentOutput, AgentRequest
 from agents.fields import QueryText
 from agents.text import clean_model_text, first_paragraph, markdown_section, split_items
 from retrieval.models import SearchHit
@@ -87,9 +87,10 @@ class BusinessGenerationAgent(Agent):
     def user_message(self, request: AgentRequest) -> str:
         return f"Brief: {getattr(request, 'brief', '')}"
 
-    def postprocess(self, text: str, sources: list[SearchHit], request: AgentRequest) -> dict[str, Any]:
+    def postprocess(self, text: str, sources: list[SearchHit], request: AgentRequest) -> AgentOutput:
         """`{"title", "target_customer", "problem", "offer", "pricing_model", "channels": [..],
-        "key_metrics": [..], "risks": [..], "template": doc_id, "raw": text}`, every field non-empty."""
+        "key_metrics": [..], "risks": [..], "template": doc_id, "raw": text}`, every field non-empty; one
+        warning per field the model left out and the template (or the brief) filled in."""
         brief = getattr(request, "brief", "") or ""
         raw = clean_model_text(text)
         try:
@@ -144,27 +145,37 @@ def _one_line(text: str) -> str:
 
 def _fill_from_template(
     parsed: dict[str, str | list[str]], sources: list[SearchHit], brief: str, raw: str
-) -> dict[str, Any]:
+) -> AgentOutput:
     best = max(sources, key=lambda s: s.score) if sources else None
     # The best template's chunks first, then the other retrieved chunks in retrieval order.
     ordered = ([s for s in sources if best and s.doc_id == best.doc_id]
                + [s for s in sources if not best or s.doc_id != best.doc_id])
     fallback_text = (first_paragraph(best.text) if best else "") or (best.title if best else "")
     idea: dict[str, Any] = {}
+    warnings: list[str] = []
     for field, (heading, is_list, _) in IDEA_FIELDS.items():
         value = parsed.get(field)
         if value:
             idea[field] = value
             continue
         if field == "title":
-            idea[field] = _title_from_brief(brief) or (best.title if best else "Untitled idea")
+            from_brief = _title_from_brief(brief)
+            idea[field] = from_brief or (best.title if best else "Untitled idea")
+            origin = "the brief" if from_brief else (f"the template {best.doc_id!r}" if best else "a placeholder")
+            warnings.append(f"title: not generated; taken from {origin}")
             continue
-        section = next((text for s in ordered if (text := markdown_section(s.text, heading))), "")
-        section = section or fallback_text or f"Not specified; refine the brief: {brief[:120]}".strip()
+        found = next(((s, text) for s in ordered if (text := markdown_section(s.text, heading))), None)
+        if found is not None:
+            section, origin = found[1], f"the {heading!r} section of the template {found[0].doc_id!r}"
+        elif fallback_text and best is not None:
+            section, origin = fallback_text, f"the opening of the template {best.doc_id!r}"
+        else:
+            section, origin = f"Not specified; refine the brief: {brief[:120]}".strip(), "a placeholder"
         idea[field] = (split_items(section) or [_one_line(section)]) if is_list else _one_line(section)
+        warnings.append(f"{field}: not generated; filled from {origin}")
     idea["template"] = best.doc_id if best else ""
     idea["raw"] = raw
-    return idea
+    return AgentOutput(idea, tuple(warnings))
 
 
 def _title_from_brief(brief: str) -> str:

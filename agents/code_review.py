@@ -8,7 +8,7 @@ from typing import Any, ClassVar
 
 from pydantic import Field, field_validator
 
-from agents.base import Agent, AgentCacheSettings, AgentRequest
+from agents.base import Agent, AgentCacheSettings, AgentOutput, AgentRequest
 from agents.fields import CodeText
 from agents.review_checks import run_checks
 from agents.text import clean_model_text, markdown_section, resolve_document, slug
@@ -94,8 +94,10 @@ class CodeReviewAgent(Agent):
         numbered = "\n".join(f"{i:>{width}} | {line}" for i, line in enumerate(lines, 1))
         return f"Review this {language} code (line numbers on the left):\n```{language}\n{numbered}\n```"
 
-    def postprocess(self, text: str, sources: list[SearchHit], request: AgentRequest) -> dict[str, Any]:
-        """`{"findings": [{"line": int | None, "severity", "pattern", "suggestion"}], "summary": str}`."""
+    def postprocess(self, text: str, sources: list[SearchHit], request: AgentRequest) -> AgentOutput:
+        """`{"findings": [{"line": int | None, "severity", "pattern", "suggestion"}], "summary": str}`; a
+        warning when the model's review held neither a finding nor a summary, so that all of it comes from
+        the pattern checks."""
         code = getattr(request, "code", "") or ""
         language = getattr(request, "language", "") or ""
         cleaned = clean_model_text(text)
@@ -110,7 +112,12 @@ class CodeReviewAgent(Agent):
             logger.exception("parsing the model's review failed")
             model = []
         findings = _merge(checked, model)
-        return {"findings": findings, "summary": _summary(findings, cleaned)}
+        model_summary = _model_summary(cleaned)
+        warnings: tuple[str, ...] = ()
+        if not model and not model_summary:
+            warnings = ("findings: the model's review held no finding or summary line; findings and summary come "
+                        "from the pattern checks alone",)
+        return AgentOutput({"findings": findings, "summary": _summary(findings, model_summary)}, warnings)
 
 
 def parse_findings(text: str, sources: list[SearchHit], num_lines: int) -> list[dict[str, Any]]:
@@ -178,12 +185,17 @@ def _merge(checked: list[dict[str, Any]], model: list[dict[str, Any]]) -> list[d
     return merged[:_MAX_FINDINGS]
 
 
-def _summary(findings: list[dict[str, Any]], text: str) -> str:
+def _model_summary(text: str) -> str:
+    """The model's last `Summary: ...` line ("" when none)."""
     model_summary = ""
     for line in text.split("\n"):
         match = re.match(r"\s*[*_#-]*\s*summary\s*[*_]*\s*:\s*(.+)", line, re.IGNORECASE)
         if match:
             model_summary = match.group(1).strip().strip("*_")
+    return model_summary
+
+
+def _summary(findings: list[dict[str, Any]], model_summary: str) -> str:
     if not findings:
         counts = "No issues found by the pattern checks or the model."
     else:

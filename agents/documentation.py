@@ -7,7 +7,7 @@ from typing import Any, ClassVar
 
 from pydantic import Field
 
-from agents.base import Agent, AgentCacheSettings, AgentRequest
+from agents.base import Agent, AgentCacheSettings, AgentOutput, AgentRequest
 from agents.fields import QueryText
 from agents.text import clean_model_text, first_paragraph, mentioned_documents
 from retrieval.models import SearchHit
@@ -47,30 +47,35 @@ class DocumentationAgent(Agent):
     def user_message(self, request: AgentRequest) -> str:
         return f"Question about the documentation: {getattr(request, 'query', '')}"
 
-    def postprocess(self, text: str, sources: list[SearchHit], request: AgentRequest) -> dict[str, Any]:
+    def postprocess(self, text: str, sources: list[SearchHit], request: AgentRequest) -> AgentOutput:
         """`{"answer": str, "sections": [{"doc_id", "title", "chunk_id", "score"}]}`. An empty answer
-        falls back to the best section's opening paragraph."""
+        falls back to the best section's opening paragraph (a warning says so)."""
         try:
             return _answer_with_sections(text, sources)
         except Exception:  # post-processing must never fail the request
             logger.exception("documentation post-processing failed; returning the raw answer")
-            return {"answer": clean_model_text(text), "sections": []}
+            return AgentOutput({"answer": clean_model_text(text), "sections": []},
+                               ("sections: post-processing failed; the raw answer is returned without sections",))
 
 
-def _answer_with_sections(text: str, sources: list[SearchHit]) -> dict[str, Any]:
+def _answer_with_sections(text: str, sources: list[SearchHit]) -> AgentOutput:
     answer = clean_model_text(text)
+    warnings: list[str] = []
     if not answer:
         if sources:
             best = max(sources, key=lambda s: s.score)
             answer = f"From \"{best.title}\": {first_paragraph(best.text) or best.text.strip()[:500]}"
+            warnings.append(f"answer: the model wrote none; filled with the opening of the best section "
+                            f"{best.chunk_id!r}")
         else:
             answer = "The documentation has no section matching this question."
+            warnings.append("answer: the model wrote none and no section was retrieved; a stock reply")
     named = set(mentioned_documents(answer, sources))
     used = [s for s in sources if s.doc_id in named] or list(sources)
-    return {
+    return AgentOutput({
         "answer": answer,
         "sections": [
             {"doc_id": s.doc_id, "title": s.title, "chunk_id": s.chunk_id, "score": round(float(s.score), 4)}
             for s in used
         ],
-    }
+    }, tuple(warnings))

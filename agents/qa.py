@@ -8,7 +8,7 @@ from typing import Any, ClassVar
 
 from pydantic import Field, field_validator
 
-from agents.base import Agent, AgentCacheSettings, AgentRequest
+from agents.base import Agent, AgentCacheSettings, AgentOutput, AgentRequest
 from agents.fields import CodeText
 from agents.text import clean_model_text, code_blocks, code_identifiers
 from retrieval.models import SearchHit
@@ -75,17 +75,21 @@ class QAAgent(Agent):
         test_type = getattr(request, "test_type", "unit")
         return f"Write {test_type} tests for this code:\n```\n{getattr(request, 'code', '')}\n```"
 
-    def postprocess(self, text: str, sources: list[SearchHit], request: AgentRequest) -> dict[str, Any]:
-        """`{"tests": [{"name": str, "code": str}, ...], "test_type": str}`, never an empty list."""
+    def postprocess(self, text: str, sources: list[SearchHit], request: AgentRequest) -> AgentOutput:
+        """`{"tests": [{"name": str, "code": str}, ...], "test_type": str}`, never an empty list: skeleton
+        tests (with a warning) when the model wrote none usable."""
         test_type = getattr(request, "test_type", "unit")
         try:
             tests = split_tests(clean_model_text(text), test_type)
         except Exception:  # post-processing must never fail the request
             logger.exception("QA test splitting failed; falling back to skeleton tests")
             tests = []
+        warnings: tuple[str, ...] = ()
         if not tests:
             tests = skeleton_tests(getattr(request, "code", ""), test_type, sources)
-        return {"tests": tests[:_MAX_TESTS], "test_type": test_type}
+            warnings = (f"tests: the model wrote no usable test; {len(tests)} skeleton test(s) with TODOs, built "
+                        "from the code's function names and the best template",)
+        return AgentOutput({"tests": tests[:_MAX_TESTS], "test_type": test_type}, warnings)
 
 
 def split_tests(text: str, test_type: str = "unit") -> list[dict[str, str]]:

@@ -13,7 +13,7 @@ from typing import Any, ClassVar
 
 from pydantic import Field
 
-from agents.base import AgentCacheSettings, AgentRequest, EvolvingAgent
+from agents.base import AgentCacheSettings, AgentOutput, AgentRequest, EvolvingAgent
 from agents.fields import CodeText, QueryText
 from agents.text import best_per_document, clean_model_text, code_blocks, first_paragraph, markdown_section
 from agents.text import resolve_document
@@ -79,8 +79,9 @@ class SEDarwinAgent(EvolvingAgent):
             f"Candidate:\n```\n{getattr(request, 'candidate', '')}\n```"
         )
 
-    def postprocess(self, text: str, sources: list[SearchHit], request: AgentRequest) -> dict[str, Any]:
-        """`{"operators": [doc_id, ...], "variants": [{"operator", "title", "code", "rationale"}]}`."""
+    def postprocess(self, text: str, sources: list[SearchHit], request: AgentRequest) -> AgentOutput:
+        """`{"operators": [doc_id, ...], "variants": [{"operator", "title", "code", "rationale"}]}`; a
+        warning for each variant code or rationale the model did not write."""
         candidate = getattr(request, "candidate", "") or ""
         # By score, not the given order: the prompt may hold chunks in a canonical (prefix-stable) order.
         operators = best_per_document(sorted(sources, key=lambda s: -s.score))
@@ -97,19 +98,23 @@ class SEDarwinAgent(EvolvingAgent):
             if op.doc_id not in chosen:
                 chosen.append(op.doc_id)
         variants = []
-        for doc_id in chosen:
+        warnings: list[str] = []
+        for i, doc_id in enumerate(chosen):
             source = by_id[doc_id]
             code, rationale = sections.get(doc_id, ("", ""))
-            if not code.strip():
+            generated = bool(code.strip())
+            if not generated:
                 code = _annotated(candidate, source)
-                rationale = rationale or _fallback_rationale(source)
-            variants.append({
-                "operator": doc_id,
-                "title": source.title,
-                "code": code,
-                "rationale": rationale or f"Applies {source.title} to the candidate.",
-            })
-        return {"operators": chosen, "variants": variants}
+                warnings.append(f"variants[{i}].code: the model wrote no variant for {doc_id!r}; the candidate "
+                                "unchanged, with a note")
+            if not rationale:
+                if generated:
+                    rationale, origin = f"Applies {source.title} to the candidate.", "the operator's title"
+                else:
+                    rationale, origin = _fallback_rationale(source), "the operator's description"
+                warnings.append(f"variants[{i}].rationale: not generated; taken from {origin}")
+            variants.append({"operator": doc_id, "title": source.title, "code": code, "rationale": rationale})
+        return AgentOutput({"operators": chosen, "variants": variants}, tuple(warnings))
 
     # ------------------------------------------------------------------ generations (EvolvingAgent)
 

@@ -7,7 +7,7 @@ from typing import Any, ClassVar
 
 from pydantic import Field
 
-from agents.base import Agent, AgentCacheSettings, AgentRequest
+from agents.base import Agent, AgentCacheSettings, AgentOutput, AgentRequest
 from agents.fields import QueryText
 from agents.text import best_per_document, clean_model_text, first_paragraph, mentioned_documents
 from retrieval.models import SearchHit
@@ -46,29 +46,35 @@ class SupportAgent(Agent):
     def user_message(self, request: AgentRequest) -> str:
         return f"Customer question: {getattr(request, 'query', '')}"
 
-    def postprocess(self, text: str, sources: list[SearchHit], request: AgentRequest) -> dict[str, Any]:
+    def postprocess(self, text: str, sources: list[SearchHit], request: AgentRequest) -> AgentOutput:
         """`{"answer": str, "citations": [{"doc_id", "title", "chunk_id"}]}`. An empty answer falls back
-        to the best article's opening paragraph, so the answer is never empty when anything was found."""
+        to the best article's opening paragraph (a warning says so), so the answer is never empty when
+        anything was found."""
         try:
             return _answer_with_citations(text, sources)
         except Exception:  # post-processing must never fail the request
             logger.exception("support post-processing failed; returning the raw answer")
-            return {"answer": clean_model_text(text), "citations": []}
+            return AgentOutput({"answer": clean_model_text(text), "citations": []},
+                               ("citations: post-processing failed; the raw answer is returned uncited",))
 
 
-def _answer_with_citations(text: str, sources: list[SearchHit]) -> dict[str, Any]:
+def _answer_with_citations(text: str, sources: list[SearchHit]) -> AgentOutput:
     answer = clean_model_text(text)
     articles = best_per_document(sources)
+    warnings: list[str] = []
     if not answer:
         if articles:
             best = max(articles, key=lambda a: a.score)
             lead = first_paragraph(best.text) or best.title
             answer = f"See \"{best.title}\": {lead}"
+            warnings.append(f"answer: the model wrote none; filled with the opening of the best article "
+                            f"{best.doc_id!r}")
         else:
             answer = "I could not find a help article for this question; please contact support."
+            warnings.append("answer: the model wrote none and no article was retrieved; a stock reply")
     named = set(mentioned_documents(answer, articles))
     cited = [a for a in articles if a.doc_id in named] or articles
-    return {
+    return AgentOutput({
         "answer": answer,
         "citations": [{"doc_id": a.doc_id, "title": a.title, "chunk_id": a.chunk_id} for a in cited],
-    }
+    }, tuple(warnings))

@@ -8,9 +8,11 @@ is a 503 with ``Retry-After``, and nothing else leaks as a stack trace.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import logging
 import os
+import re
 from typing import Any
 
 from fastapi import Depends, FastAPI, Path, Request
@@ -21,6 +23,7 @@ from ray import serve
 from ray.exceptions import RayTaskError
 from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from agents.base import MAX_QUERY_CHARS, SESSION_ID_PATTERN, AgentRequest
 from agents.registry import AGENTS
@@ -32,7 +35,8 @@ from llm.completions import CompletionRequest, CompletionsService
 from llm.fallback import FallbackConfig
 from rag.builder import build_llm, build_retrieval
 from retrieval.config import RetrievalConfig
-from retrieval.exceptions import CollectionNotFoundError, DocumentNotFoundError, InvalidInputError, RetrievalError
+from retrieval.exceptions import (CollectionNotFoundError, DocumentNotFoundError, InvalidCollectionNameError,
+                                  InvalidInputError, RetrievalError)
 from retrieval.models import DEFAULT_TOP_K, MAX_TOP_K, Document, WriteResult
 from routing.prefix_affinity import PrefixKeyConfig
 from tokenization import HuggingFaceTokenizer
@@ -46,7 +50,7 @@ app = FastAPI(title="token-cached-rag", version="0.1.0")
 RETRY_AFTER_S = 5  # hint sent with 503 answers; the pool usually recovers (replica restart) within seconds
 API_KEY_ENV = "TCRAG_API_KEY"
 SESSION_ID_PATH = Path(min_length=1, max_length=128, pattern=SESSION_ID_PATTERN, description="Conversation id.")
-MAX_BODY_BYTES = 16 << 20  # above any valid request (an upsert of many large documents); checked before reading
+MAX_BODY_BYTES = 16 << 20  # above any valid request (an upsert of many large documents); see BodyLimit
 
 
 class GatewayConfig(BaseModel):
@@ -65,7 +69,7 @@ class GatewayConfig(BaseModel):
 
 
 class DocumentIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     id: str = Field(min_length=1, max_length=128, description="Document id, unique in its collection.")
     text: str = Field(min_length=1, description="Document text (Markdown or plain).")
@@ -73,20 +77,20 @@ class DocumentIn(BaseModel):
 
 
 class UpsertDocumentsBody(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     documents: list[DocumentIn] = Field(min_length=1, description="Documents to add or replace.")
 
 
 class SearchBody(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     query: str = Field(min_length=1, max_length=MAX_QUERY_CHARS, description="Text to search the collection with.")
     top_k: int = Field(default=DEFAULT_TOP_K, ge=1, le=MAX_TOP_K, description="Chunks to return, best first.")
 
 
 class CollectionBody(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     collection: str = Field(min_length=1, max_length=64, description="Collection name.")
 
@@ -101,23 +105,46 @@ def _error(status: int, kind: str, message: str, field: str | None = None, heade
     return JSONResponse(status_code=status, content=body, headers=headers)
 
 
-def _field_name(loc: tuple) -> str:
+# pydantic locates an error inside a union member under the member's type ("prompt", "list[int]", 3); no
+# field of our bodies is named like a type, so such parts are dropped from the field name.
+_TYPE_NAMES = frozenset({"str", "int", "float", "bool", "bytes", "none", "dict", "list", "tuple", "set"})
+_TYPE_TAG = re.compile(r"[\[\](),\s-]")
+
+
+def _loc_parts(loc: tuple) -> tuple:
     # FastAPI locations look like ("body", "prompt", 3); the first part says where, not which field.
-    parts = [str(p) for p in loc[1:]] if loc and loc[0] in ("body", "query", "path") else [str(p) for p in loc]
+    parts = loc[1:] if loc and loc[0] in ("body", "query", "path", "header") else loc
+    return tuple(p for p in parts if not (isinstance(p, str) and (p in _TYPE_NAMES or _TYPE_TAG.search(p))))
+
+
+def _field_name(parts: tuple) -> str:
+    """``documents[0].id`` from ("documents", 0, "id")."""
     name = ""
     for part in parts:
+        part = str(part)
         name += f"[{part}]" if part.isdigit() else (f".{part}" if name else part)
     return name or "body"
 
 
+def _invalid_field(errors: list[dict[str, Any]]) -> tuple[str, str]:
+    """Field name and message of the first invalid field. A value matching no member of a union (``prompt``:
+    text or token IDs) gives one error per member: the deepest names the field most precisely (``prompt[1]``
+    in a token list), and at equal depth the members' messages are joined."""
+    located = [(_loc_parts(tuple(e.get("loc", ()))), str(e.get("msg", "invalid request"))) for e in errors]
+    first = located[0][0]
+    same = [(parts, msg) for parts, msg in located if first and parts[:len(first)] == first] or located[:1]
+    depth = max(len(parts) for parts, _ in same)
+    deepest = [(parts, msg) for parts, msg in same if len(parts) == depth]
+    return _field_name(deepest[0][0]), " or ".join(dict.fromkeys(msg for _, msg in deepest))
+
+
 @app.exception_handler(RequestValidationError)
 async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-    errors = exc.errors()
-    first = errors[0] if errors else {"loc": ("body",), "msg": "invalid request"}
-    field = _field_name(tuple(first.get("loc", ())))
-    if first.get("type") == "json_invalid":
-        return _error(400, "invalid_json", f"request body is not valid JSON: {first.get('msg')}", "body")
-    return _error(422, "invalid_request", f"{field}: {first.get('msg')}", field)
+    errors = list(exc.errors()) or [{"loc": ("body",), "msg": "invalid request"}]
+    if errors[0].get("type") == "json_invalid":
+        return _error(400, "invalid_json", f"request body is not valid JSON: {errors[0].get('msg')}", "body")
+    field, message = _invalid_field(errors)
+    return _error(422, "invalid_request", f"{field}: {message}", field)
 
 
 # One table: which exception becomes which answer. Raised here or inside a deployment (then it arrives
@@ -138,11 +165,25 @@ _ERROR_TABLE: tuple[tuple[type[BaseException], int, str, bool], ...] = (
 
 
 def _mapped_error(exc: BaseException) -> JSONResponse | None:
+    """The table's answer for `exc`; a 4xx names the field from the error's own `field` (every 4xx error type
+    of the table has one: the request field, path parameter included, that was wrong)."""
     for kind, status, error_type, retry in _ERROR_TABLE:
         if isinstance(exc, kind):
             return _error(status, error_type, str(exc), getattr(exc, "field", None),
                           headers={"Retry-After": str(RETRY_AFTER_S)} if retry else None)
     return None
+
+
+@contextlib.contextmanager
+def _collection_from(field: str):
+    """Errors about the collection's name name `field`, the request field that held it (the retrieval
+    package says "collection"; the collection routes take it as the path parameter ``name``)."""
+    try:
+        yield
+    except CollectionNotFoundError as err:
+        raise CollectionNotFoundError(err.name, field) from None
+    except InvalidCollectionNameError as err:
+        raise InvalidCollectionNameError(field, err.message) from None
 
 
 async def _table_error(request: Request, exc: Exception) -> JSONResponse:
@@ -153,6 +194,15 @@ async def _table_error(request: Request, exc: Exception) -> JSONResponse:
 
 for _kind, *_ in _ERROR_TABLE:
     app.add_exception_handler(_kind, _table_error)
+
+
+@app.exception_handler(StarletteHTTPException)
+async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    # FastAPI's and Starlette's own answers (an unreadable body, no such route, wrong method) in our error
+    # shape, naming what was wrong.
+    field = {400: "body", 404: "path", 405: "method"}.get(exc.status_code)
+    kind = {400: "invalid_request", 404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+    return _error(exc.status_code, kind, str(exc.detail), field, headers=getattr(exc, "headers", None))
 
 
 @app.exception_handler(RayTaskError)
@@ -166,14 +216,61 @@ async def _remote_error(request: Request, exc: RayTaskError) -> JSONResponse:
     return _error(500, "internal", f"internal error: {type(cause or exc).__name__}")
 
 
-@app.middleware("http")
-async def _limit_body_size(request: Request, call_next):
-    """Refuse a declared body over MAX_BODY_BYTES before it is read (413 naming the body)."""
-    length = request.headers.get("content-length")
-    if length is not None and (not length.isdigit() or int(length) > MAX_BODY_BYTES):
-        return _error(413, "payload_too_large", f"request body over {MAX_BODY_BYTES} bytes (Content-Length {length})",
-                      "body")
-    return await call_next(request)
+class BodyLimit:
+    """ASGI wrapper that refuses a request body over `max_bytes` with a 413 naming the body.
+
+    A declared Content-Length over the limit is refused before anything is read. Otherwise the body is read
+    here with a running count, whatever its framing (a chunked upload declares no length): past the limit
+    the read stops and the 413 is sent, so at most `max_bytes` plus one received message is ever held. A
+    body within the limit is handed to the app as one message; later ``receive`` calls (a streaming
+    response waiting for a disconnect) go to the server.
+    """
+
+    def __init__(self, app: Any, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        length = dict(scope.get("headers") or []).get(b"content-length")
+        if length is not None and (not length.isdigit() or int(length) > self.max_bytes):
+            await self._refuse(scope, receive, send, f" (Content-Length {length.decode(errors='replace')})")
+            return
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":  # the client went away before sending the whole body
+                return
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_bytes:
+                await self._refuse(scope, receive, send, "")
+                return
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        body: dict[str, Any] | None = {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+        chunks.clear()
+
+        async def replay() -> dict[str, Any]:
+            nonlocal body
+            if body is not None:
+                message, body = body, None
+                return message
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+    async def _refuse(self, scope: dict, receive: Any, send: Any, detail: str) -> None:
+        response = _error(413, "payload_too_large", f"body: request body over {self.max_bytes} bytes{detail}",
+                          "body", headers={"Connection": "close"})
+        await response(scope, receive, send)
+
+
+app.add_middleware(BodyLimit, max_bytes=MAX_BODY_BYTES)
 
 
 # ----------------------------------------------------------------------------- auth
@@ -330,12 +427,14 @@ class Gateway:
 
     @app.get("/v1/collections/{name}", dependencies=[Depends(_require_key_for_reads)])
     async def get_collection(self, name: str) -> dict[str, Any]:
-        return _info(await self._retrieval.get_collection(name))
+        with _collection_from("name"):
+            return _info(await self._retrieval.get_collection(name))
 
     @app.post("/v1/collections/{name}/search", dependencies=[Depends(_require_key_for_reads)])
     async def search_collection(self, name: str, body: SearchBody) -> dict[str, Any]:
         """What the agents would retrieve: ranked chunks, for external RAG clients and for debugging."""
-        hits = await self._retrieval.search(name, body.query, body.top_k)
+        with _collection_from("name"):
+            hits = await self._retrieval.search(name, body.query, body.top_k)
         return {"collection": name, "results": [
             {"chunk_id": h.chunk_id, "doc_id": h.doc_id, "score": round(float(h.score), 6), "text": h.text}
             for h in hits]}
@@ -343,13 +442,15 @@ class Gateway:
     @app.put("/v1/collections/{name}/documents", dependencies=[Depends(_require_key)])
     async def upsert_documents(self, name: str, body: UpsertDocumentsBody) -> dict[str, Any]:
         docs = [Document(id=d.id, text=d.text, metadata=d.metadata) for d in body.documents]
-        result = await self._retrieval.upsert(name, docs)
+        with _collection_from("name"):
+            result = await self._retrieval.upsert(name, docs)
         await self._invalidate_removed(result)
         return _write(result)
 
     @app.delete("/v1/collections/{name}/documents/{doc_id}", dependencies=[Depends(_require_key)])
     async def delete_document(self, name: str, doc_id: str) -> dict[str, Any]:
-        result = await self._retrieval.delete(name, doc_id)
+        with _collection_from("name"):
+            result = await self._retrieval.delete(name, doc_id)
         await self._invalidate_removed(result)
         return _write(result)
 
@@ -415,7 +516,7 @@ class Gateway:
 
     @app.post("/v1/cache/warmup", dependencies=[Depends(_require_key)])
     async def cache_warmup(self, body: CollectionBody) -> dict[str, Any]:
-        await self._retrieval.get_collection(body.collection)  # 404 for an unknown collection
+        await self._retrieval.get_collection(body.collection)  # 404 naming "collection" for an unknown one
         results = await self._broadcast_to_agents(body.collection, "warm")
         return {"collection": body.collection, "replicas": results}
 

@@ -25,9 +25,10 @@ MAX_STOP_SEQUENCES = 4
 
 
 class CompletionRequest(BaseModel):
-    """The supported subset of OpenAI's completion request."""
+    """The supported subset of OpenAI's completion request. Strict: a value of the wrong JSON type is refused,
+    never coerced (``"16"`` is not an int, ``[1, "2"]`` not a token-ID list); an integer is a valid float."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     model: str | None = Field(default=None, description="Served model name; optional, must match if given.")
     prompt: str | list[int] = Field(description="Prompt as text or as token IDs of the served model.")

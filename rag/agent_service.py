@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from agents.base import Agent, AgentRequest, EvolvingAgent
+from agents.base import Agent, AgentOutput, AgentRequest, EvolvingAgent
 from llm.exceptions import InvalidRequestError
 from rag.pipeline import RAGRequest, RAGResult, TokenCachedRAG
 from rag.sessions import Session, SessionStore, SessionTurn
@@ -113,14 +113,16 @@ class AgentService:
         return {"session_id": session.session_id, "turn": session.dropped_turns + len(session.turns) - 1,
                 "dropped_turns": run.dropped_turns, "history_rebuilt": run.history_rebuilt}
 
-    def _response(self, runs: Sequence[RAGResult], output: Any, session: dict[str, Any] | None = None) -> dict[str, Any]:
+    def _response(self, runs: Sequence[RAGResult], processed: AgentOutput,
+                  session: dict[str, Any] | None = None) -> dict[str, Any]:
         """The contract's answer for one or more rounds.
 
         Over several rounds (``generations``): ``usage`` and ``cache`` counts are sums over the rounds
         (``hit_rate`` recomputed from the sums); ``latency_ms`` sums ``retrieve``, ``tokens``, ``generate``
         and ``total`` (so ``total`` is the rounds' time end to end, post-processing between rounds aside),
         while ``ttft`` is the first round's (when the client sees the first token). ``sources`` are the
-        last round's (a follow-up round keeps every chunk the conversation holds)."""
+        last round's (a follow-up round keeps every chunk the conversation holds). ``processed`` holds the
+        output and the warnings of every round (see ``_rounds``)."""
         last = runs[-1]
         hits, misses = sum(r.cache_hits for r in runs), sum(r.cache_misses for r in runs)
 
@@ -131,7 +133,11 @@ class AgentService:
                    "ttft": runs[0].latency_ms.get("ttft", 0.0), "generate": summed("generate"), "total": summed("total")}
         body = {
             "agent": self.agent.name,
-            "output": output,
+            "output": processed.output,
+            # Always present: true, with one warning per part, when any of the output was filled in
+            # (a template section, a skeleton test, a source's opening) rather than generated.
+            "fallback": processed.fallback,
+            "warnings": list(processed.warnings),
             "sources": [s.chunk_id for s in last.sources],
             "usage": _usage(runs),
             "cache": {"hits": hits, "misses": misses, "hit_rate": round(hits / (hits + misses), 4) if hits + misses else 0.0},
@@ -150,8 +156,8 @@ class AgentService:
         session = await self._session(request)
         rag_request = self.rag_request(request, session)
         run = await self.rag.run(rag_request)
-        output = self.agent.postprocess(run.text, run.sources, request)
-        return self._response([run], output, await self._record(session, rag_request, run))
+        processed = self.agent.postprocess(run.text, run.sources, request)
+        return self._response([run], processed, await self._record(session, rag_request, run))
 
     async def answer_stream(self, request: AgentRequest) -> AsyncIterator[str]:
         """Server-sent events: ``{"delta": text}`` as tokens arrive, then the full answer, then ``[DONE]``.
@@ -177,8 +183,8 @@ class AgentService:
         decoder = _Deltas(self.rag.decode)
         async for item in self.rag.run_stream(rag_request):
             if isinstance(item, RAGResult):
-                output = self.agent.postprocess(item.text, item.sources, request)
-                yield _sse(self._response([item], output, await self._record(session, rag_request, item)))
+                processed = self.agent.postprocess(item.text, item.sources, request)
+                yield _sse(self._response([item], processed, await self._record(session, rag_request, item)))
                 continue
             delta = decoder.add(1, item)
             if delta:
@@ -201,7 +207,11 @@ class AgentService:
         that appeared in the collection between rounds would be appended, after the history.
 
         With a ``session_id`` each round is recorded (and stored) as a turn; without one the rounds use a
-        transient in-memory conversation that is dropped with the answer."""
+        transient in-memory conversation that is dropped with the answer.
+
+        The answer's ``output`` is the last round's post-processed output plus ``"generations"``; its
+        ``warnings`` are every round's, each prefixed with its generation number (``"generations[2].variants[0]
+        .code: ..."`` for round 2), so ``fallback`` is true when any round filled anything in."""
         assert isinstance(self.agent, EvolvingAgent)
         agent = self.agent
         stored = await self._session(request)
@@ -212,6 +222,7 @@ class AgentService:
         generations: list[dict[str, Any]] = []
         records: list[dict[str, Any]] = []
         output: dict[str, Any] = {}
+        warnings: list[str] = []
         total = agent.rounds(request)
         for number in range(1, total + 1):
             run: RAGResult | None = None
@@ -225,7 +236,10 @@ class AgentService:
             else:
                 run = await self.rag.run(rag_request)
             runs.append(run)
-            output = agent.postprocess(run.text, run.sources, round_request)
+            processed = agent.postprocess(run.text, run.sources, round_request)
+            output = processed.output
+            # Every round's warnings, each under its generation (the entry's "generation" number).
+            warnings.extend(f"generations[{number}].{warning}" for warning in processed.warnings)
             if stored is not None:
                 record = await self._record(stored, rag_request, run)
                 assert record is not None
@@ -244,7 +258,7 @@ class AgentService:
             session = {**records[-1], "first_turn": records[0]["turn"],
                        "dropped_turns": sum(r["dropped_turns"] for r in records),
                        "history_rebuilt": any(r["history_rebuilt"] for r in records)}
-        yield self._response(runs, {**output, "generations": generations}, session)
+        yield self._response(runs, AgentOutput({**output, "generations": generations}, tuple(warnings)), session)
 
     async def get_session(self, session_id: str) -> dict[str, Any] | None:
         session = await self.sessions.get(session_id)

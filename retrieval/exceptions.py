@@ -45,32 +45,36 @@ class InvalidCollectionNameError(InvalidInputError):
 
 
 class CollectionNotFoundError(RetrievalError, KeyError):
-    """Raised when a collection does not exist. Create it first; retrying does not help."""
+    """Raised when a collection does not exist. Create it first; retrying does not help. `field` names the
+    request field that held the name ("collection" unless the caller says otherwise, e.g. a path parameter)."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, field: str = "collection") -> None:
         super().__init__(name)
         self.name = name
+        self.field = field
 
-    def __reduce__(self):
-        return (type(self), (self.name,))
+    def __reduce__(self):  # keep the fields when Ray pickles the error between processes
+        return (type(self), (self.name, self.field))
 
     def __str__(self) -> str:
-        return f"collection not found: {self.name!r}"
+        return f"{self.field}: collection not found: {self.name!r}"
 
 
 class DocumentNotFoundError(RetrievalError, KeyError):
-    """Raised when deleting a document that is not in the collection."""
+    """Raised when deleting a document that is not in the collection; `field` names the request field that
+    held the document id."""
 
-    def __init__(self, collection: str, doc_id: str) -> None:
+    def __init__(self, collection: str, doc_id: str, field: str = "doc_id") -> None:
         super().__init__(doc_id)
         self.collection = collection
         self.doc_id = doc_id
+        self.field = field
 
     def __reduce__(self):
-        return (type(self), (self.collection, self.doc_id))
+        return (type(self), (self.collection, self.doc_id, self.field))
 
     def __str__(self) -> str:
-        return f"document not found: {self.collection!r}/{self.doc_id!r}"
+        return f"{self.field}: document not found: {self.collection!r}/{self.doc_id!r}"
 
 
 class EmbeddingError(RetrievalError):

@@ -39,6 +39,9 @@ def assert_contract(body: dict, agent: str) -> None:
     assert set(body["cache"]) == {"hits", "misses", "hit_rate"}
     assert set(body["latency_ms"]) == {"retrieve", "tokens", "ttft", "generate", "total"}
     assert 0 < body["latency_ms"]["ttft"] <= body["latency_ms"]["total"]
+    # Issue 16: always said, whether any of the output was filled in rather than generated.
+    assert isinstance(body["fallback"], bool) and isinstance(body["warnings"], list)
+    assert body["fallback"] == bool(body["warnings"])
 
 
 @pytest.mark.parametrize("agent", list(AGENT_CALLS))
@@ -129,7 +132,7 @@ def test_collections_are_listed_with_counts(base_url):
     status, one = http_json("GET", f"{base_url}/v1/collections/support_kb")
     assert status == 200 and one["name"] == "support_kb"
     status, missing = http_json("GET", f"{base_url}/v1/collections/no_such_collection")
-    assert status == 404
+    assert status == 404 and missing["error"]["field"] == "name"
 
 
 def test_updated_document_is_served_with_its_new_tokens(base_url):
@@ -163,8 +166,8 @@ def test_updated_document_is_served_with_its_new_tokens(base_url):
     status, third = http_json("POST", f"{base_url}/v1/agents/support/answer", {"query": query, "max_tokens": 8})
     assert status == 200
     assert not any(s.startswith(doc_id) for s in third["sources"])
-    status, _ = http_json("DELETE", f"{base_url}/v1/collections/support_kb/documents/{doc_id}")
-    assert status == 404
+    status, gone = http_json("DELETE", f"{base_url}/v1/collections/support_kb/documents/{doc_id}")
+    assert status == 404 and gone["error"]["field"] == "doc_id"
 
 
 def test_bad_documents_answer_4xx_naming_the_field(base_url):
@@ -176,7 +179,7 @@ def test_bad_documents_answer_4xx_naming_the_field(base_url):
     assert 400 <= status < 500 and "id" in body["error"]["field"]
     status, body = http_json("PUT", f"{base_url}/v1/collections/Bad%20Name/documents",
                              {"documents": [{"id": "x", "text": "hello"}]})
-    assert 400 <= status < 500
+    assert 400 <= status < 500 and body["error"]["field"] == "name"
 
 
 def test_cache_stats_warmup_and_invalidate(base_url):
@@ -194,4 +197,4 @@ def test_cache_stats_warmup_and_invalidate(base_url):
     status, warm = call(base_url, "support")
     assert warm["cache"]["hits"] == len(warm["sources"])
     status, body = http_json("POST", f"{base_url}/v1/cache/warmup", {"collection": "nope_nope"})
-    assert status == 404
+    assert status == 404 and body["error"]["field"] == "collection"

@@ -66,7 +66,7 @@ def test_search_returns_ranked_chunks(base_url):
 
 
 @pytest.mark.parametrize(("path", "body", "status", "field"), [
-    ("/v1/collections/no_such_collection/search", {"query": "x"}, 404, None),
+    ("/v1/collections/no_such_collection/search", {"query": "x"}, 404, "name"),
     ("/v1/collections/documentation/search", {"query": ""}, 422, "query"),
     ("/v1/collections/documentation/search", {"query": "x", "top_k": 0}, 422, "top_k"),
     ("/v1/collections/documentation/search", {"query": "x", "extra": 1}, 422, "extra"),

@@ -107,9 +107,8 @@ def test_reads_need_the_key_only_when_protect_reads_is_set(monkeypatch, protect_
 
 
 def test_declared_body_over_the_limit_is_413_naming_the_body(monkeypatch):
-    monkeypatch.setattr(gateway, "MAX_BODY_BYTES", 100)
     app = _mini_app()
-    app.middleware("http")(gateway._limit_body_size)
+    app.add_middleware(gateway.BodyLimit, max_bytes=100)
     monkeypatch.delenv(gateway.API_KEY_ENV, raising=False)
     client = TestClient(app)
     assert client.put("/write", content=b"x" * 100).status_code == 200

@@ -4,7 +4,7 @@ import pytest
 from pydantic import ValidationError
 
 from agents.base import MAX_QUERY_CHARS
-from agents.business import BusinessGenerationAgent, BusinessRequest, parse_labelled_idea
+from agents.business import IDEA_FIELDS, BusinessGenerationAgent, BusinessRequest, parse_labelled_idea
 
 FIELDS = ("title", "target_customer", "problem", "offer", "pricing_model", "channels", "key_metrics", "risks")
 BRIEF = "A tea subscription for small offices that want healthier breaks."
@@ -61,7 +61,9 @@ def test_brief_reaches_retrieval_and_user_message():
 
 
 def test_well_formed_output_is_parsed(make_source):
-    idea = BusinessGenerationAgent().postprocess(WELL_FORMED, _sources(make_source), BusinessRequest(brief=BRIEF))
+    processed = BusinessGenerationAgent().postprocess(WELL_FORMED, _sources(make_source), BusinessRequest(brief=BRIEF))
+    idea = processed.output
+    assert (processed.fallback, processed.warnings) == (False, ())  # every field came from the model
     _assert_complete(idea)
     assert idea["title"] == "OfficeLeaf"
     assert idea["target_customer"] == "Office managers at 10-50 person companies"
@@ -96,10 +98,16 @@ def test_labels_are_tolerant():
 
 def test_missing_fields_come_from_the_best_template(make_source):
     sources = _sources(make_source)
-    idea = BusinessGenerationAgent().postprocess(
+    processed = BusinessGenerationAgent().postprocess(
         "Title: OfficeLeaf\nOffer: tea boxes", sources, BusinessRequest(brief=BRIEF)
     )
+    idea = processed.output
     _assert_complete(idea)
+    # Issue 16: the answer says which fields were filled in, and from where; the generated ones are not named.
+    assert processed.fallback
+    filled = [w.split(":", 1)[0] for w in processed.warnings]
+    assert filled == ["target_customer", "problem", "pricing_model", "channels", "key_metrics", "risks"]
+    assert "'Problem' section of the template 'specialty-coffee-subscription-box'" in processed.warnings[1]
     assert (idea["title"], idea["offer"]) == ("OfficeLeaf", "tea boxes")
     assert idea["problem"].startswith("Supermarket beans are stale")  # the coffee template's Problem section
     assert idea["risks"][0].startswith("High churn after")
@@ -108,20 +116,24 @@ def test_missing_fields_come_from_the_best_template(make_source):
 
 def test_best_template_is_the_highest_score(make_source):
     sources = list(reversed(_sources(make_source)))  # best is no longer first
-    idea = BusinessGenerationAgent().postprocess("", sources, BusinessRequest(brief=BRIEF))
+    processed = BusinessGenerationAgent().postprocess("", sources, BusinessRequest(brief=BRIEF))
+    idea = processed.output
     assert idea["template"] == "specialty-coffee-subscription-box"
     assert idea["title"] == "A tea subscription for small offices that want..."
+    assert processed.warnings[0] == "title: not generated; taken from the brief"
+    assert len(processed.warnings) == len(IDEA_FIELDS)
 
 
 def test_every_field_is_filled_from_garbage(garbage, make_source):
     for sources in ([], _sources(make_source)):
-        idea = BusinessGenerationAgent().postprocess(garbage, sources, BusinessRequest(brief=BRIEF))
-        _assert_complete(idea)
+        processed = BusinessGenerationAgent().postprocess(garbage, sources, BusinessRequest(brief=BRIEF))
+        _assert_complete(processed.output)
+        assert processed.fallback  # at least the list fields are never in garbage
 
 
 def test_echoed_prompt_placeholders_count_as_missing(make_source):
     echoed = BusinessGenerationAgent.system_prompt.split("nothing else:\n", 1)[1]
     assert parse_labelled_idea(echoed) == {}
-    idea = BusinessGenerationAgent().postprocess(echoed, _sources(make_source), BusinessRequest(brief=BRIEF))
+    idea = BusinessGenerationAgent().postprocess(echoed, _sources(make_source), BusinessRequest(brief=BRIEF)).output
     _assert_complete(idea)
     assert "<" not in idea["target_customer"] and all("<" not in c for c in idea["channels"])

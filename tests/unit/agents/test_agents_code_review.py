@@ -88,8 +88,11 @@ def test_retrieval_query_and_user_message_carry_the_inputs():
 
 
 def test_checks_find_bare_except_and_mutable_default_lines(make_source):
-    out = CodeReviewAgent().postprocess("", _sources(make_source), _request())
+    processed = CodeReviewAgent().postprocess("", _sources(make_source), _request())
+    out = processed.output
     _assert_shape(out)
+    # Issue 16: a silent model leaves the review to the pattern checks, and the answer says so.
+    assert processed.fallback and processed.warnings[0].startswith("findings: the model's review held no finding")
     found = {(f["pattern"], f["line"]) for f in out["findings"]}
     assert ("bare-except-clauses", 6) in found
     assert ("mutable-default-arguments", 3) in found
@@ -97,14 +100,16 @@ def test_checks_find_bare_except_and_mutable_default_lines(make_source):
 
 
 def test_check_severity_comes_from_the_retrieved_pattern(make_source):
-    out = CodeReviewAgent().postprocess("", _sources(make_source), _request())
+    out = CodeReviewAgent().postprocess("", _sources(make_source), _request()).output
     severity = {f["pattern"]: f["severity"] for f in out["findings"]}
     assert severity["mutable-default-arguments"] == "medium"  # "**Medium** in general" in the document
     assert severity["bare-except-clauses"] == "high"
 
 
 def test_well_formed_model_lines_merge_with_checks(make_source):
-    out = CodeReviewAgent().postprocess(WELL_FORMED, _sources(make_source), _request())
+    processed = CodeReviewAgent().postprocess(WELL_FORMED, _sources(make_source), _request())
+    out = processed.output
+    assert (processed.fallback, processed.warnings) == (False, ())
     _assert_shape(out)
     keys = [(f["pattern"], f["line"]) for f in out["findings"]]
     assert len(keys) == len(set(keys))  # the model repeating a check's finding is merged
@@ -161,13 +166,18 @@ def test_checks_skip_safe_code_and_other_languages():
 
 
 def test_clean_code_and_silent_model_say_so():
-    out = CodeReviewAgent().postprocess("", [], _request(code="def add(a, b):\n    return a + b"))
+    out = CodeReviewAgent().postprocess("", [], _request(code="def add(a, b):\n    return a + b")).output
     assert out == {"findings": [], "summary": "No issues found by the pattern checks or the model."}
+
+
+def test_a_model_summary_alone_is_generated_output(make_source):
+    processed = CodeReviewAgent().postprocess("Summary: looks fine to me.", _sources(make_source), _request())
+    assert not processed.fallback and processed.output["summary"].endswith("looks fine to me.")
 
 
 def test_garbage_output_keeps_the_shape(garbage, make_source):
     for sources in ([], _sources(make_source)):
-        _assert_shape(CodeReviewAgent().postprocess(garbage, sources, _request()))
+        _assert_shape(CodeReviewAgent().postprocess(garbage, sources, _request()).output)
 
 
 def test_echoed_prompt_format_is_not_a_finding(make_source):

@@ -44,7 +44,9 @@ def test_query_reaches_retrieval_and_user_message():
 def test_sections_are_the_chunks_of_the_named_page(make_source):
     sources = _sources(make_source)
     text = f"Per \"{sources[0].title}\", pass the `next_cursor` value as `cursor` until it is null."
-    out = DocumentationAgent().postprocess(text, sources, DocumentationRequest(query="pagination"))
+    processed = DocumentationAgent().postprocess(text, sources, DocumentationRequest(query="pagination"))
+    out = processed.output
+    assert (processed.fallback, processed.warnings) == (False, ())
     assert out["answer"] == text
     assert [s["chunk_id"] for s in out["sections"]] == ["api-pagination#0", "api-pagination#1"]
     assert out["sections"][0] == {
@@ -54,19 +56,22 @@ def test_sections_are_the_chunks_of_the_named_page(make_source):
 
 def test_sections_are_all_retrieved_chunks_when_no_page_is_named(make_source):
     sources = _sources(make_source)
-    out = DocumentationAgent().postprocess("Use the cursor.", sources, DocumentationRequest(query="pagination"))
+    out = DocumentationAgent().postprocess("Use the cursor.", sources, DocumentationRequest(query="pagination")).output
     assert [s["chunk_id"] for s in out["sections"]] == [s.chunk_id for s in sources]
 
 
 def test_empty_answer_falls_back_to_the_best_section(make_source):
     sources = _sources(make_source)
-    out = DocumentationAgent().postprocess("", sources, DocumentationRequest(query="pagination"))
+    processed = DocumentationAgent().postprocess("", sources, DocumentationRequest(query="pagination"))
+    out = processed.output
     assert out["answer"].startswith(f"From \"{sources[0].title}\"")
+    assert processed.fallback  # issue 16: the answer was filled in, and says so
+    assert processed.warnings[0].startswith("answer: the model wrote none; filled with the opening of the best section")
 
 
 def test_garbage_output_keeps_the_shape(garbage, make_source):
     for sources in ([], _sources(make_source)):
-        out = DocumentationAgent().postprocess(garbage, sources, DocumentationRequest(query="q"))
+        out = DocumentationAgent().postprocess(garbage, sources, DocumentationRequest(query="q")).output
         assert set(out) == {"answer", "sections"}
         assert isinstance(out["answer"], str) and out["answer"]
         assert all(set(s) == {"doc_id", "title", "chunk_id", "score"} for s in out["sections"])

@@ -89,7 +89,8 @@ def test_retrieval_query_and_user_message_carry_the_inputs():
 
 def test_each_variant_is_labelled_with_an_operator_from_the_sources(make_source):
     sources = _sources(make_source)
-    out = SEDarwinAgent().postprocess(WELL_FORMED, sources, _request())
+    processed = SEDarwinAgent().postprocess(WELL_FORMED, sources, _request())
+    out = processed.output
     _assert_shape(out, sources)
     assert out["operators"] == ["memoization-insertion", "early-return-refactor", "loop-unrolling-mutation"]
     memo, early, unrolled = out["variants"]
@@ -102,12 +103,15 @@ def test_each_variant_is_labelled_with_an_operator_from_the_sources(make_source)
     assert unrolled["code"].startswith("# operator: loop-unrolling-mutation")
     assert unrolled["code"].endswith(CANDIDATE)
     assert "Loop Unrolling" in unrolled["rationale"]
+    # Issue 16: only the third variant was filled in, and the answer names its parts.
+    assert processed.fallback
+    assert [w.split(":", 1)[0] for w in processed.warnings] == ["variants[2].code", "variants[2].rationale"]
 
 
 def test_operators_the_model_labels_come_first(make_source):
     sources = _sources(make_source)
     text = "**Operator: Tournament Selection**\nRationale: keeps the fittest.\n```\ndef fib(n): ...\n```"
-    out = SEDarwinAgent().postprocess(text, sources, _request())
+    out = SEDarwinAgent().postprocess(text, sources, _request()).output
     assert out["operators"][0] == "tournament-selection"
     assert out["variants"][0]["code"] == "def fib(n): ..."
     assert len(out["operators"]) == MAX_OPERATORS
@@ -133,24 +137,26 @@ def test_unfenced_variant_code_is_kept(make_source):
 
 def test_garbage_output_gives_annotated_candidates(garbage, make_source):
     sources = _sources(make_source)
-    out = SEDarwinAgent().postprocess(garbage, sources, _request())
+    out = SEDarwinAgent().postprocess(garbage, sources, _request()).output
     _assert_shape(out, sources)
     assert len(out["variants"]) == MAX_OPERATORS
 
 
 def test_no_sources_means_no_operators(garbage):
-    assert SEDarwinAgent().postprocess(garbage, [], _request()) == {"operators": [], "variants": []}
+    processed = SEDarwinAgent().postprocess(garbage, [], _request())
+    assert processed.output == {"operators": [], "variants": []}
+    assert not processed.fallback  # nothing was filled in
 
 
 def test_operators_are_ranked_by_score_not_by_source_order(make_source):
     sources = list(reversed(_sources(make_source)))  # e.g. the prompt's canonical order
-    out = SEDarwinAgent().postprocess("", sources, _request())
+    out = SEDarwinAgent().postprocess("", sources, _request()).output
     assert out["operators"] == ["memoization-insertion", "early-return-refactor", "loop-unrolling-mutation"]
 
 
 def test_generation_is_the_first_variant_the_model_wrote(make_source):
     agent, request = SEDarwinAgent(), _request()
-    out = agent.postprocess(WELL_FORMED, _sources(make_source), request)
+    out = agent.postprocess(WELL_FORMED, _sources(make_source), request).output
     generation = agent.generation(out, request)
     assert generation["changed"] and generation["operator"] == "memoization-insertion"
     assert generation["candidate"] == out["variants"][0]["code"] and "lru_cache" in generation["candidate"]
@@ -158,7 +164,7 @@ def test_generation_is_the_first_variant_the_model_wrote(make_source):
 
 def test_generation_carries_the_candidate_over_when_the_model_wrote_no_variant(make_source):
     agent, request = SEDarwinAgent(), _request()
-    out = agent.postprocess("nothing useful", _sources(make_source), request)
+    out = agent.postprocess("nothing useful", _sources(make_source), request).output
     generation = agent.generation(out, request)
     assert generation == {"candidate": CANDIDATE, "operator": None, "changed": False,
                           "rationale": generation["rationale"]}

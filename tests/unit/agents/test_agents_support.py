@@ -51,7 +51,9 @@ def test_cites_the_articles_the_answer_names(make_source):
     sources = _sources(make_source)
     title = sources[0].title
     text = f"Follow \"{title}\": 1. Open the sign-in page. 2. Click Forgot password. 3. Use the emailed link."
-    out = SupportAgent().postprocess(text, sources, SupportRequest(query="reset password"))
+    processed = SupportAgent().postprocess(text, sources, SupportRequest(query="reset password"))
+    out = processed.output
+    assert (processed.fallback, processed.warnings) == (False, ())
     assert out["answer"] == text
     assert out["citations"] == [
         {"doc_id": "reset-forgotten-password", "title": title, "chunk_id": "reset-forgotten-password#0"}
@@ -63,7 +65,7 @@ def test_cites_by_doc_id_too(make_source):
     out = SupportAgent().postprocess(
         "See [account-locked-after-failed-logins] and reset-two-factor-authentication.", sources,
         SupportRequest(query="locked"),
-    )
+    ).output
     assert [c["doc_id"] for c in out["citations"]] == [
         "account-locked-after-failed-logins", "reset-two-factor-authentication",
     ]
@@ -71,7 +73,7 @@ def test_cites_by_doc_id_too(make_source):
 
 def test_cites_every_retrieved_article_in_order_when_none_is_named(make_source):
     sources = _sources(make_source)
-    out = SupportAgent().postprocess("Click the link in the email.", sources, SupportRequest(query="reset"))
+    out = SupportAgent().postprocess("Click the link in the email.", sources, SupportRequest(query="reset")).output
     assert [c["doc_id"] for c in out["citations"]] == [
         "reset-forgotten-password", "account-locked-after-failed-logins", "reset-two-factor-authentication",
     ]
@@ -80,14 +82,24 @@ def test_cites_every_retrieved_article_in_order_when_none_is_named(make_source):
 
 def test_empty_answer_falls_back_to_the_best_article(make_source):
     sources = _sources(make_source)
-    out = SupportAgent().postprocess("<|im_end|>", sources, SupportRequest(query="reset"))
+    processed = SupportAgent().postprocess("<|im_end|>", sources, SupportRequest(query="reset"))
+    out = processed.output
+    assert processed.fallback  # issue 16: the answer was filled in, and says so
+    assert processed.warnings == ("answer: the model wrote none; filled with the opening of the best article "
+                                  "'reset-forgotten-password'",)
     assert sources[0].title in out["answer"]
     assert out["citations"][0]["doc_id"] == "reset-forgotten-password"
 
 
+def test_no_answer_and_no_article_is_a_stock_reply_flagged_as_fallback():
+    processed = SupportAgent().postprocess("", [], SupportRequest(query="reset"))
+    assert processed.output["answer"] and processed.fallback
+    assert processed.warnings[0].startswith("answer: ")
+
+
 def test_garbage_output_keeps_the_shape(garbage, make_source):
     for sources in ([], _sources(make_source)):
-        out = SupportAgent().postprocess(garbage, sources, SupportRequest(query="q"))
+        out = SupportAgent().postprocess(garbage, sources, SupportRequest(query="q")).output
         assert set(out) == {"answer", "citations"}
         assert isinstance(out["answer"], str) and out["answer"]
         assert all(set(c) == {"doc_id", "title", "chunk_id"} for c in out["citations"])

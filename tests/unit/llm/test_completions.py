@@ -75,3 +75,32 @@ def test_request_validation_names_the_field(body, field):
     with pytest.raises(ValidationError) as info:
         CompletionRequest.model_validate(body)
     assert info.value.errors()[0]["loc"][0] == field
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [({"prompt": 5}, "prompt"), ({"prompt": [1, "2"]}, "prompt"), ({"prompt": [1, 2.0]}, "prompt"),
+     ({"prompt": [True]}, "prompt"), ({"prompt": "x", "max_tokens": "16"}, "max_tokens"),
+     ({"prompt": "x", "max_tokens": 16.0}, "max_tokens"), ({"prompt": "x", "temperature": "0.5"}, "temperature"),
+     ({"prompt": "x", "top_p": "1"}, "top_p"), ({"prompt": "x", "seed": "7"}, "seed"),
+     ({"prompt": "x", "return_token_ids": "true"}, "return_token_ids"),
+     ({"prompt": "x", "return_token_ids": 1}, "return_token_ids"), ({"prompt": "x", "stop": 5}, "stop"),
+     ({"prompt": "x", "model": 1}, "model"), ({"prompt": "x", "user": 1}, "user"),
+     ({"prompt": "x", "cache_salt": 1}, "cache_salt")],
+)
+def test_wrong_json_types_are_refused_not_coerced(body, field):
+    """Issue 16: strict types; for the JSON route as well as in Python."""
+    import json
+
+    for validate in (CompletionRequest.model_validate, lambda b: CompletionRequest.model_validate_json(json.dumps(b))):
+        with pytest.raises(ValidationError) as info:
+            validate(body)
+        assert {e["loc"][0] for e in info.value.errors()} == {field}
+
+
+def test_integers_are_valid_floats():
+    import json
+
+    for request in (CompletionRequest.model_validate({"prompt": "x", "temperature": 1, "top_p": 1}),
+                    CompletionRequest.model_validate_json(json.dumps({"prompt": [1, 2], "temperature": 0}))):
+        assert isinstance(request.temperature, float) and isinstance(request.top_p, float)

@@ -19,7 +19,9 @@ from retrieval.exceptions import (
         InvalidDocumentError("documents[2].text", "must be a non-empty string"),
         InvalidCollectionNameError("collection", "bad"),
         CollectionNotFoundError("kb"),
+        CollectionNotFoundError("kb", "name"),
         DocumentNotFoundError("kb", "doc-1"),
+        DocumentNotFoundError("kb", "doc-1", "documents[0].id"),
         EmbeddingError("down"),
         StoreWriteError("locked"),
     ],
@@ -35,3 +37,12 @@ def test_invalid_document_names_field():
     err = InvalidDocumentError("documents[2].text", "must be a non-empty string")
     assert err.field == "documents[2].text" and isinstance(err, ValueError)
     assert "documents[2].text" in str(err)
+
+
+def test_not_found_errors_name_their_field():
+    # Issue 16: a 404 names the request field (or path parameter) that held the missing name.
+    assert CollectionNotFoundError("kb").field == "collection"
+    assert CollectionNotFoundError("kb", field="name").field == "name"
+    assert str(CollectionNotFoundError("kb", field="name")) == "name: collection not found: 'kb'"
+    assert DocumentNotFoundError("kb", "doc-1").field == "doc_id"
+    assert str(DocumentNotFoundError("kb", "doc-1")) == "doc_id: document not found: 'kb'/'doc-1'"
