@@ -78,7 +78,7 @@ def test_generations_stream_each_round_then_the_answer(base_url):
     assert [p["generation"] for p in payloads[:-1] if "result" in p] == [1, 2]
 
 
-@pytest.mark.parametrize("generations", [0, 9, "many"])
+@pytest.mark.parametrize("generations", [0, 9, "many", "2", True])  # strict: "2" and true are no int
 def test_generations_outside_1_to_8_are_refused_naming_the_field(base_url, generations):
     status, answer = http_json("POST", f"{base_url}{EVOLVE}", {**BODY, "generations": generations})
     assert status == 422, answer

@@ -217,3 +217,63 @@ async def test_rounds_past_the_history_limit_rebuild_the_prompt_and_say_so(darwi
     generations = body["output"]["generations"]
     assert [g["history_rebuilt"] for g in generations] == [False, True, True]
     assert len({g["candidate"] for g in generations}) == 3  # the loop still improves each round's candidate
+
+
+@pytest.mark.parametrize("bad", ["2", "1", 2.0, True])
+def test_generations_is_a_strict_int(bad):
+    # Strict like every HTTP body (issue 16): a string, a float or a bool is refused, never coerced.
+    with pytest.raises(ValidationError) as info:
+        SEDarwinRequest(task=TASK, candidate=CANDIDATE, generations=bad)
+    assert [e["loc"] for e in info.value.errors()] == [("generations",)]
+    body = json.dumps({"task": TASK, "candidate": CANDIDATE, "generations": bad})
+    with pytest.raises(ValidationError) as info:
+        SEDarwinRequest.model_validate_json(body)
+    assert [e["loc"] for e in info.value.errors()] == [("generations",)]
+
+
+# ----------------------------------------------------------------------------- fallback and warnings per round
+
+ALL_THREE = "".join(
+    f"Operator: {doc.id}\n```python\ndef fib_{i}(n):\n    return n\n```\nRationale: reason {i}\n"
+    for i, doc in enumerate(OPERATORS))
+
+
+def script_rounds(darwin: DarwinHarness, texts: dict[int, str], default: str = "t t t") -> None:
+    """The model's text per round (by the engine's request count when the round decodes), else `default`."""
+    darwin.rag._decode = lambda ids: texts.get(len(darwin.engine.requests), default)
+
+
+def _paths(warnings: list[str]) -> list[tuple[str, str]]:
+    return [tuple(w.split(":", 1)[0].split(".", 1)) for w in warnings]
+
+
+async def test_warnings_of_every_round_are_prefixed_with_their_generation(darwin):
+    # The scripted answer writes one of the three operators: each round fills in the other two.
+    body = await darwin.evolve(generations=2)
+    assert body["fallback"] is True
+    filled = ["variants[1].code", "variants[1].rationale", "variants[2].code", "variants[2].rationale"]
+    assert _paths(body["warnings"]) == [("generations[1]", p) for p in filled] + [("generations[2]", p) for p in filled]
+    json.dumps(body)
+
+
+async def test_fallback_when_any_round_filled_anything(darwin):
+    script_rounds(darwin, {1: ALL_THREE})
+    body = await darwin.evolve(generations=2)
+    assert body["output"]["generations"][0]["changed"]
+    assert body["fallback"] is True
+    assert {prefix for prefix, _ in _paths(body["warnings"])} == {"generations[2]"}  # round 1 wrote everything
+
+
+async def test_no_fallback_when_every_round_wrote_every_variant(darwin):
+    script_rounds(darwin, {}, default=ALL_THREE)
+    body = await darwin.evolve(generations=3)
+    assert body["fallback"] is False and body["warnings"] == []
+    assert len(body["output"]["generations"]) == 3
+
+
+async def test_the_streamed_answer_carries_every_rounds_warnings(darwin):
+    script_rounds(darwin, {2: ALL_THREE})
+    events = [e async for e in darwin.service.answer_stream(darwin.request(generations=2, stream=True))]
+    final = json.loads(events[-2][len("data: "):])
+    assert final["fallback"] is True and final["warnings"]
+    assert {prefix for prefix, _ in _paths(final["warnings"])} == {"generations[1]"}  # round 2 wrote everything
