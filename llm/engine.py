@@ -46,6 +46,11 @@ class EngineSettings(BaseModel):
     )
     max_num_seqs: int = Field(default=16, gt=0, description="Most sequences batched at once by the engine.")
     seed: int = Field(default=0, description="Engine sampling seed.")
+    block_size: int | None = Field(
+        default=None, gt=0,
+        description="KV block size in tokens (None: vLLM's default, 128 on CPU; the CPU build needs a multiple "
+        "of 32). Only whole blocks are reused, so smaller blocks lose less of a prefix at its edge.",
+    )
 
 
 class EngineConfig(EngineSettings):
@@ -99,6 +104,7 @@ class VLLMEngine(TokenEngine):
             kv_cache_memory_bytes=config.kv_cache_memory_bytes,
             max_num_seqs=config.max_num_seqs,
             seed=config.seed,
+            **({"block_size": config.block_size} if config.block_size else {}),
         )
         self._engine = AsyncLLM.from_engine_args(args)
 

@@ -35,7 +35,7 @@ class SessionConfig(BaseModel):
 
     max_turns: int = Field(default=8, ge=1, description="Turns kept; older ones are dropped and the prompt rebuilt.")
     max_history_tokens: int = Field(
-        default=2048, ge=64, description="Tokens of history (prompts and outputs) a follow-up may carry."
+        default=3072, ge=64, description="Tokens of history (prompts and outputs) a follow-up may carry."
     )
     ttl_s: float = Field(default=3600.0, gt=0, description="Seconds an idle conversation is kept.")
     max_local_sessions: int = Field(
