@@ -185,6 +185,17 @@ class RedisTier:
             if int(cursor) == 0:
                 return removed
 
+    async def delete_many(self, keys: Sequence[str]) -> int:
+        """Delete ``keys``; the number removed, 0 (counted as an error) when Redis is down or slow."""
+        if not keys:
+            return 0
+        try:
+            return int(await self._call(lambda: self._client.unlink(*keys)))
+        except (BackendUnavailableError, BackendTimeoutError) as err:
+            self._count_error(err)
+            logger.warning("redis delete of %d key(s) failed: %s", len(keys), err)
+            return 0
+
     async def invalidate(self, collection: str, doc_id: str | None = None) -> int:
         """Delete a collection's (or one document's) entries; returns entries removed, 0 if Redis is down."""
         try:

@@ -134,11 +134,7 @@ class PromptAssembler:
                 f"exceeds the model's context of {self._max_model_len} tokens")
         keep = self._fit(context, scores, budget)
         ids: list[int] = [*seg.before_system, *self.system_ids(system_prompt)]
-        if keep:
-            ids.extend(self._header_ids)
-            for i, chunk in enumerate(context):
-                if i in keep:
-                    ids.extend(chunk)
+        ids.extend(self._context_ids(context, keep))
         ids.extend(history)
         prefix_len = len(ids)
         ids.extend(seg.system_to_user)
@@ -166,14 +162,16 @@ class PromptAssembler:
         keep = self._fit(context, scores, budget)
         ids = [*history_ids, *seg.system_to_user]
         prefix_len = len(history_ids)
-        if keep:
-            ids.extend(self._header_ids)
-            for i, chunk in enumerate(context):
-                if i in keep:
-                    ids.extend(chunk)
+        ids.extend(self._context_ids(context, keep))
         ids.extend(user_ids)
         ids.extend(seg.after_user)
         return AssembledPrompt(token_ids=ids, prefix_len=prefix_len, kept=tuple(sorted(keep)))
+
+    def _context_ids(self, context: Sequence[Sequence[int]], keep: set[int]) -> list[int]:
+        """The context header and the kept chunks, in the order given; nothing when no chunk is kept."""
+        if not keep:
+            return []
+        return [*self._header_ids, *(t for i, chunk in enumerate(context) if i in keep for t in chunk)]
 
     @staticmethod
     def _fit(context: Sequence[Sequence[int]], scores: Sequence[float], budget: int) -> set[int]:

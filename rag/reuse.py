@@ -102,15 +102,7 @@ class ReusePlanner(Generic[T]):
         self._recent.move_to_end(ids)
         while len(self._recent) > self.config.recent_contexts:
             self._recent.popitem(last=False)
-        node = self._root
-        for chunk_id in ids:
-            child = node.children.get(chunk_id)
-            if child is None:
-                child = node.children[chunk_id] = _Node()
-                self._nodes += 1
-            child.count += 1
-            child.last_used = self._tick
-            node = child
+        self._insert(ids, self._tick)
         if self._nodes > self.config.tree_max_nodes:
             self._prune()
 
@@ -120,7 +112,7 @@ class ReusePlanner(Generic[T]):
             del self._recent[ids]
         self._root, self._nodes = _Node(), 0
         for chunks in self._recent.values():
-            self._insert_quietly([self._key(c) for c in chunks])
+            self._insert([self._key(c) for c in chunks], last_used=0)
 
     # -- rule 1: a recent context, whole
 
@@ -163,7 +155,8 @@ class ReusePlanner(Generic[T]):
         order += [c for c in canonical if self._key(c) in remaining]
         return ContextPlan(order, [], "tree" if path else "canonical", shared=path)
 
-    def _insert_quietly(self, ids: Sequence[str]) -> None:
+    def _insert(self, ids: Sequence[str], last_used: int) -> None:
+        """Count one more sending of the path ``ids``; ``last_used`` 0 leaves rebuilt paths' recency as new."""
         node = self._root
         for chunk_id in ids:
             child = node.children.get(chunk_id)
@@ -171,6 +164,7 @@ class ReusePlanner(Generic[T]):
                 child = node.children[chunk_id] = _Node()
                 self._nodes += 1
             child.count += 1
+            child.last_used = max(child.last_used, last_used)
             node = child
 
     def _prune(self) -> None:

@@ -37,10 +37,6 @@ class FakeRedisClient:
                 removed += 1
         return removed
 
-    async def delete(self, *keys):
-        self._check()
-        return sum(self.data.pop(k, None) is not None for k in keys)
-
     async def smembers(self, key):
         self._check()
         return {k.encode() for k in self.data.get(key, set())}

@@ -153,3 +153,14 @@ async def test_store_shares_through_redis_and_falls_back_to_local_when_it_is_dow
 def _contains(seq: list[int], sub: list[int]) -> bool:
     n = len(sub)
     return any(seq[i:i + n] == sub for i in range(len(seq) - n + 1))
+
+
+async def test_delete_removes_the_session_from_redis_for_every_replica():
+    client = FakeRedisClient()
+    writer = SessionStore(SessionConfig(), RedisTier(client, timeout_s=1.0))
+    reader = SessionStore(SessionConfig(), RedisTier(client, timeout_s=1.0))
+    await writer.put(Session("a", "support"))
+    assert await reader.delete("a") is True  # not in the reader's local tier, but in Redis
+    assert await writer._redis.get_many(["tcrag:session:a"]) == {}
+    client.down = True
+    assert await reader.delete("a") is False  # Redis down: nothing known locally, nothing removed
