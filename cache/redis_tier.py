@@ -4,7 +4,10 @@ Values are codec-packed token arrays under ``ChunkKey.storage_key``. Reads are o
 pipelined (non-transactional) batch of ``SET key value EX ttl``. Every call is bounded by ``timeout_s``
 and skipped instantly while the breaker is open, so Redis being down or slow costs a request at most one
 timeout per cooldown, and never an exception: get/put failures are logged and counted, a read failure
-is a miss. redis-py's own retries are disabled (the breaker is the retry policy). The pool connects
+is a miss. redis-py retries a command once, only to reconnect a pooled connection that a Redis restart
+left dead; the breaker is the retry policy otherwise. A timeout is slowness, not failure, whichever
+layer noticed it: our per-call budget (``asyncio.timeout``) or redis-py's socket timeout, which is only
+a backstop set above the longest per-call budget. The pool connects
 lazily, so the tier works when Redis is absent at start and picks it up when it appears.
 
 Invalidation. A whole collection is found by ``SCAN MATCH tcrag:tok:{collection}:*`` (the collection is
@@ -23,6 +26,8 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
 from cache.breaker import CircuitBreaker
 from cache.exceptions import BackendTimeoutError, BackendUnavailableError
 from cache.keys import KEY_PREFIX
@@ -34,6 +39,8 @@ logger = logging.getLogger(__name__)
 
 _INDEX_PREFIX = "tcrag:idx"
 _ALL_PATTERN = "tcrag:*"
+# Budget of calls off any request's path (write-through, SCAN/UNLINK invalidation).
+_SLOW_CALL_TIMEOUT_S = 1.0
 
 
 def _escape_glob(text: str) -> str:
@@ -82,8 +89,11 @@ class RedisTier:
         client = aioredis.Redis.from_url(
             url,
             max_connections=max_connections,
-            socket_timeout=max(timeout_s, 0.01) * 4,
-            socket_connect_timeout=max(timeout_s, 0.01) * 4,
+            # Backstops only: every call is bounded by its own budget (up to _SLOW_CALL_TIMEOUT_S for
+            # writes and scans). A socket timeout below that budget turned slow writes on a CPU-starved
+            # machine into failures.
+            socket_timeout=max(timeout_s * 4, _SLOW_CALL_TIMEOUT_S),
+            socket_connect_timeout=max(timeout_s * 4, 0.04),
             # One immediate retry: after a Redis restart the pool still holds dead connections, and the
             # first command on each would fail although the server is back; the retry reconnects.
             retry=Retry(NoBackoff(), 1),
@@ -91,6 +101,10 @@ class RedisTier:
         )
         breaker = CircuitBreaker(failure_threshold=failure_threshold, cooldown_s=cooldown_s)
         return cls(client, ttl_s=ttl_s, timeout_s=timeout_s, breaker=breaker, clock=clock)
+
+    @property
+    def _slow_timeout_s(self) -> float:
+        return max(self.timeout_s, _SLOW_CALL_TIMEOUT_S)
 
     @property
     def client(self) -> Any:
@@ -103,7 +117,7 @@ class RedisTier:
         try:
             async with asyncio.timeout(timeout_s or self.timeout_s):  # no extra task, unlike wait_for
                 result = await coro_fn()
-        except (asyncio.TimeoutError, TimeoutError) as err:
+        except (asyncio.TimeoutError, TimeoutError, RedisTimeoutError) as err:
             self.breaker.record_failure()
             raise BackendTimeoutError(f"redis call exceeded {timeout_s or self.timeout_s}s") from err
         except asyncio.CancelledError:
@@ -165,7 +179,7 @@ class RedisTier:
             return await pipe.execute()
 
         try:
-            await self._call(run, max(self.timeout_s, 1.0))  # a background write: not on any request's path
+            await self._call(run, self._slow_timeout_s)  # a background write: not on any request's path
         except (BackendUnavailableError, BackendTimeoutError) as err:
             self._count_error(err)
             logger.debug("redis put_many skipped: %s", err)
@@ -178,10 +192,10 @@ class RedisTier:
         while True:
             cursor, batch = await self._call(
                 lambda c=cursor: self._client.scan(cursor=c, match=pattern, count=self._scan_count),
-                timeout_s=max(self.timeout_s, 1.0),
+                timeout_s=self._slow_timeout_s,
             )
             if batch:
-                removed += await self._call(lambda b=batch: self._client.unlink(*b), max(self.timeout_s, 1.0))
+                removed += await self._call(lambda b=batch: self._client.unlink(*b), self._slow_timeout_s)
             if int(cursor) == 0:
                 return removed
 
@@ -208,7 +222,7 @@ class RedisTier:
             keys = await self._call(lambda: self._client.smembers(idx))
             removed = 0
             if keys:
-                removed = await self._call(lambda: self._client.unlink(*keys), max(self.timeout_s, 1.0))
+                removed = await self._call(lambda: self._client.unlink(*keys), self._slow_timeout_s)
             await self._call(lambda: self._client.unlink(idx))
             return int(removed)
         except (BackendUnavailableError, BackendTimeoutError) as err:

@@ -53,3 +53,33 @@ async def test_failures_never_raise_and_open_the_breaker():
     stats = tier.stats_dict()
     assert stats["errors"] >= 2 and stats["breaker"] == "closed"
 
+
+
+async def test_redis_py_socket_timeout_counts_as_slowness_not_failure():
+    """redis-py raises its own TimeoutError when a socket read stalls (a CPU-starved machine); that is the
+    same slowness as our per-call budget expiring, so it is counted with the timeouts, not as a failure."""
+    from redis.exceptions import TimeoutError as RedisTimeoutError
+
+    fake, tier = make()
+
+    async def stalled_mget(keys):
+        raise RedisTimeoutError("Timeout reading from socket")
+
+    fake.mget = stalled_mget
+    assert await tier.get_many(["k"]) == {}
+    stats = tier.stats_dict()
+    assert stats["errors"] == 1 and stats["timeouts"] == 1 and stats["misses"] == 1
+
+
+async def test_connection_error_is_a_failure_not_a_timeout():
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    fake, tier = make()
+
+    async def refused(keys):
+        raise RedisConnectionError("Connection refused")
+
+    fake.mget = refused
+    assert await tier.get_many(["k"]) == {}
+    stats = tier.stats_dict()
+    assert stats["errors"] == 1 and stats["timeouts"] == 0
