@@ -26,7 +26,7 @@ class TokenCacheConfig(BaseModel):
     redis_url: str | None = Field(
         None, description="Redis URL for the L2 tier, e.g. redis://127.0.0.1:6379/0; None disables Redis."
     )
-    redis_timeout_s: float = Field(0.05, gt=0, description="Timeout of one Redis round trip, in seconds.")
+    redis_timeout_s: float = Field(0.2, gt=0, description="Timeout of one Redis round trip, in seconds (see serve_config.yaml for why 0.2).")
     shard_timeout_s: float = Field(0.25, gt=0, description="Timeout of one call to a cache shard, in seconds.")
     write_timeout_s: float = Field(
         1.0, gt=0, description="Timeout of one background write-through to the shards and Redis, in seconds."

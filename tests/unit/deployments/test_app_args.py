@@ -144,7 +144,7 @@ def test_args_are_frozen():
     ("cache.shard_claim_wait_s", None),
     ("cache.redis_url", None),
     ("cache.redis_ttl_s", 86_400.0),
-    ("cache.redis_timeout_s", 0.05),
+    ("cache.redis_timeout_s", 0.2),
     ("retrieval.db_path", None),
     ("retrieval.data_dir", None),
     ("retrieval.embedder_scale.num_cpus", 0.1),
