@@ -80,7 +80,7 @@ class BatchEmbedder:
     async def _one_batch(self, texts: list[str], number: int, count: int) -> np.ndarray:
         timeout_s = self.config.batch_timeout_s
         retries = self.config.batch_retries
-        what = f"batch {number}/{count} ({len(texts)} chunks)"
+        what = f"batch {number}/{count} ({len(texts)} chunk{'' if len(texts) == 1 else 's'})"
         failures: list[str] = []
         timed_out = False
         for attempt in range(retries + 1):
