@@ -6,9 +6,9 @@ anything is accepted), then looks at how many chunks need embedding:
 - at most `IngestConfig.job_threshold_chunks`: the write happens now and its `WriteResult` is returned
   (the route answers 200, as before jobs existed);
 - more: a job is recorded in the store as `queued` and returned at once (the route answers 202); a
-  background task embeds the chunks batch by batch (`retrieval.batching`), stages each batch's vectors
-  in the store with the job's progress, and finally switches the collection to the new content in one
-  transaction (`CollectionStore.commit_job`). Until then, and after a failure, the previous version is
+  background task chunks the documents (the job's `total` is 0 until then), embeds the chunks batch by
+  batch (`retrieval.batching`), stages each batch's vectors in the store with the job's progress, and
+  finally switches the collection to the new content in one transaction (`CollectionStore.commit_job`). Until then, and after a failure, the previous version is
   what every search sees.
 
 Jobs are rows in the store, not objects in memory, so any gateway replica answers `GET /v1/jobs/{id}`
@@ -28,7 +28,7 @@ from collections.abc import Awaitable, Callable, Sequence
 
 from retrieval.batching import describe_error
 from retrieval.exceptions import RetrievalError
-from retrieval.models import Document, IngestJob, PreparedUpsert, WriteResult
+from retrieval.models import Document, IngestJob, WriteResult
 from retrieval.service import RetrievalService
 
 __all__ = ["INTERRUPTED_BY_RESTART", "IngestJobs", "owner_process_alive", "process_owner"]
@@ -102,18 +102,22 @@ class IngestJobs:
         return ids
 
     async def submit(self, collection: str, docs: Sequence[Document]) -> WriteResult | IngestJob:
-        """Write `docs` now (a `WriteResult`) or start a job for them (its queued `IngestJob`)."""
-        prepared = await self._service.prepare(collection, docs)
-        total = len(prepared.texts_to_embed)
-        if total <= self.config.job_threshold_chunks:
+        """Write `docs` now (a `WriteResult`) or start a job for them (its queued `IngestJob`).
+
+        Every document is validated here (bad input is the caller's error, before anything is accepted);
+        chunking stops once the write is known to be a job, and the job chunks the whole write itself, so
+        a large write is answered after about `job_threshold_chunks` chunks' worth of tokenization."""
+        threshold = self.config.job_threshold_chunks
+        prepared = await self._service.prepare(collection, docs, max_chunks_to_embed=threshold)
+        if prepared is not None:
             return await self._service.write(prepared)
         job = await asyncio.to_thread(self._store.create_job, self._new_job_id(), collection, self.owner,
-                                      len(prepared.docs), total)
-        task = asyncio.create_task(self._run(job.id, prepared), name=f"ingest-{job.id}")
+                                      len(docs), 0)
+        task = asyncio.create_task(self._run(job.id, collection, list(docs)), name=f"ingest-{job.id}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-        logger.info("ingestion job %s: %d documents, %d chunks to embed into %s in %d batches", job.id,
-                    job.documents, total, collection, self._service.batches.num_batches(total))
+        logger.info("ingestion job %s: %d documents into %s (more than %d chunks to embed)", job.id, len(docs),
+                    collection, threshold)
         return job
 
     async def get(self, job_id: str) -> IngestJob:
@@ -136,11 +140,17 @@ class IngestJobs:
             task.cancel()
         await self.join()
 
-    async def _run(self, job_id: str, prepared: PreparedUpsert) -> None:
+    async def _run(self, job_id: str, collection: str, docs: list[Document]) -> None:
         try:
             async with self._slots:
                 await asyncio.to_thread(self._store.start_job, job_id, self.owner)
-                label = f"job {job_id} ({prepared.collection}): "
+                prepared = await self._service.prepare(collection, docs)
+                assert prepared is not None  # no chunk limit given
+                total = len(prepared.texts_to_embed)
+                await asyncio.to_thread(self._store.set_job_total, job_id, self.owner, total)
+                logger.info("ingestion job %s: %d chunks to embed into %s in %d batches", job_id, total, collection,
+                            self._service.batches.num_batches(total))
+                label = f"job {job_id} ({collection}): "
                 async for span, vectors in self._service.batches.batches(prepared.texts_to_embed, label=label):
                     await asyncio.to_thread(self._store.stage_job_embeddings, job_id, self.owner,
                                             prepared.hashes_to_embed[span], vectors)

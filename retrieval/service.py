@@ -141,11 +141,16 @@ class RetrievalService:
     async def upsert(self, collection: str, docs: Sequence[Document]) -> WriteResult:
         """Validate, chunk, embed (in bounded batches, outside any transaction), then write `docs`
         atomically."""
-        return await self.write(await self.prepare(collection, docs))
+        prepared = await self.prepare(collection, docs)
+        assert prepared is not None  # no chunk limit given
+        return await self.write(prepared)
 
-    async def prepare(self, collection: str, docs: Sequence[Document]) -> PreparedUpsert:
-        """Validate and chunk `docs` and find the chunks that need embedding; writes nothing."""
-        return await asyncio.to_thread(self._store.prepare_upsert, collection, docs, self._chunker)
+    async def prepare(self, collection: str, docs: Sequence[Document],
+                      max_chunks_to_embed: int | None = None) -> PreparedUpsert | None:
+        """Validate and chunk `docs` and find the chunks that need embedding; writes nothing. None when
+        more than `max_chunks_to_embed` chunks need embedding (see `CollectionStore.prepare_upsert`)."""
+        return await asyncio.to_thread(self._store.prepare_upsert, collection, docs, self._chunker,
+                                       max_chunks_to_embed=max_chunks_to_embed)
 
     async def write(self, prepared: PreparedUpsert) -> WriteResult:
         """Embed what `prepared` needs, batch by batch, and write it in one transaction."""

@@ -316,21 +316,24 @@ class CollectionStore:
         validate_documents(docs, self.limits)
 
     def prepare_upsert(
-        self, collection: str, docs: Sequence[Document], chunker: Callable[[str], list[str]]
-    ) -> PreparedUpsert:
-        """Validate and chunk `docs`, and work out which chunk texts need embedding. Writes nothing."""
+        self,
+        collection: str,
+        docs: Sequence[Document],
+        chunker: Callable[[str], list[str]],
+        *,
+        max_chunks_to_embed: int | None = None,
+    ) -> PreparedUpsert | None:
+        """Validate and chunk `docs`, and work out which chunk texts need embedding. Writes nothing.
+
+        With `max_chunks_to_embed`, chunking stops and None is returned as soon as more chunks than that
+        need embedding: a caller that will run such a write as a job learns it after chunking about that
+        many chunks, not the whole write (every document is still validated first)."""
         validate_collection_name(collection)
         self.validate_documents(docs)
-        prepared: list[PreparedDoc] = []
-        for i, doc in enumerate(docs):
-            texts = [t for t in chunker(doc.text) if t.strip()]
-            if not texts:
-                raise InvalidDocumentError(f"documents[{i}].text", "produced no chunks")
-            prepared.append(PreparedDoc(doc, document_hash(doc), texts, [content_hash(t) for t in texts]))
         # Reuse embeddings of chunk texts already stored for these documents (edits usually touch a
         # few chunks); an embedding depends only on the text, so a concurrent writer cannot make a
         # reused vector wrong.
-        ids = [p.doc.id for p in prepared]
+        ids = [doc.id for doc in docs]
         known: dict[str, np.ndarray] = {}
         with self._read() as conn:
             if conn.execute("SELECT 1 FROM collections WHERE name = ?", (collection,)).fetchone() is None:
@@ -343,15 +346,23 @@ class CollectionStore:
                     (collection, *part),
                 ):
                     known[chash] = np.frombuffer(blob, dtype=np.float32)
+        prepared: list[PreparedDoc] = []
         texts_to_embed: list[str] = []
         hashes_to_embed: list[str] = []
         pending: set[str] = set()
-        for p in prepared:
+        for i, doc in enumerate(docs):
+            texts = [t for t in chunker(doc.text) if t.strip()]
+            if not texts:
+                raise InvalidDocumentError(f"documents[{i}].text", "produced no chunks")
+            p = PreparedDoc(doc, document_hash(doc), texts, [content_hash(t) for t in texts])
+            prepared.append(p)
             for text, chash in zip(p.chunk_texts, p.chunk_hashes):
                 if chash not in known and chash not in pending:
                     pending.add(chash)
                     texts_to_embed.append(text)
                     hashes_to_embed.append(chash)
+            if max_chunks_to_embed is not None and len(texts_to_embed) > max_chunks_to_embed:
+                return None
         return PreparedUpsert(collection, prepared, texts_to_embed, hashes_to_embed, known)
 
     def commit_upsert(self, prepared: PreparedUpsert, embeddings: np.ndarray | None) -> WriteResult:
@@ -446,6 +457,7 @@ class CollectionStore:
         documents whose text and metadata are unchanged are skipped; the version is bumped once if
         anything changed. On any failure nothing is written and the previous version stays readable."""
         prepared = self.prepare_upsert(collection, docs, chunker)
+        assert prepared is not None  # no chunk limit given
         embeddings = None
         if prepared.texts_to_embed:
             try:
@@ -507,6 +519,14 @@ class CollectionStore:
             )
             if cur.rowcount == 0:
                 raise JobInterruptedError(f"job {job_id} is no longer queued under this process")
+
+    def set_job_total(self, job_id: str, owner: str, total: int) -> None:
+        """The number of chunks the running job will embed, known once its documents are chunked."""
+        with self._write() as conn:
+            cur = conn.execute("UPDATE jobs SET total = ?, updated_at = ? WHERE id = ? AND state = ? AND owner = ?",
+                               (total, time.time(), job_id, JobState.RUNNING.value, owner))
+            if cur.rowcount == 0:
+                raise JobInterruptedError(f"job {job_id} is no longer running under this process")
 
     def stage_job_embeddings(self, job_id: str, owner: str, hashes: Sequence[str], embeddings: np.ndarray) -> int:
         """Keep one finished batch's vectors for the job's final write and advance its `done` count, in one

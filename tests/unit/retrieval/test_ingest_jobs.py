@@ -101,9 +101,26 @@ async def test_a_write_over_the_threshold_is_a_queued_job(store, embed):
     jobs = make_jobs(store, embed)
     job = await jobs.submit("kb", NEW[:5])
     assert isinstance(job, IngestJob)
-    assert (job.state, job.collection, job.documents, job.done, job.total) == (JobState.QUEUED, "kb", 5, 0, 5)
+    assert (job.state, job.collection, job.documents, job.done, job.total) == (JobState.QUEUED, "kb", 5, 0, 0)
     assert job.owner == "host:1:a" and job.error is None and job.created_at > 0
     await jobs.join()
+    assert ((await jobs.get(job.id)).done, (await jobs.get(job.id)).total) == (5, 5)  # total known once chunked
+
+
+async def test_a_large_write_is_answered_after_chunking_about_the_threshold_not_all_of_it(store, embed):
+    chunked: list[str] = []
+
+    def counting_chunker(text: str) -> list[str]:
+        chunked.append(text)
+        return one_chunk_per_paragraph(text)
+
+    ingest = IngestConfig(batch_size=3, batch_timeout_s=5.0, job_threshold_chunks=4)
+    jobs = IngestJobs(RetrievalService(store, embed, counting_chunker, ingest=ingest), owner="host:1:a",
+                      owner_alive=lambda owner: True)
+    job = await jobs.submit("kb", NEW)
+    assert isinstance(job, IngestJob) and len(chunked) == 5  # the fifth chunk made it a job
+    await jobs.join()
+    assert len(chunked) == 5 + 10 and (await jobs.get(job.id)).state == JobState.DONE
 
 
 async def test_only_chunks_that_need_embedding_count_towards_the_threshold(store, embed):
