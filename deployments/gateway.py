@@ -386,8 +386,8 @@ class Gateway:
                                                model_name=config.model_name)
         self._agents = agents
         # The embedder call's own timeout is the batch timeout: either firing is reported as the batch's.
-        self._retrieval = build_retrieval(config.retrieval, tokenizer,
-                                          make_remote_embed(embedder, timeout_s=config.retrieval.ingest.batch_timeout_s))
+        embed = make_remote_embed(embedder, timeout_s=config.retrieval.ingest.batch_timeout_s)
+        self._retrieval = build_retrieval(config.retrieval, tokenizer, embed)
         self._ingest = IngestJobs(self._retrieval, on_done=self._invalidate_removed)
         self._ingest.recover()  # jobs a previous run left unfinished are reported failed
         self._app_name = serve.get_replica_context().app_name

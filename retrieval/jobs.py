@@ -8,8 +8,8 @@ anything is accepted), then looks at how many chunks need embedding:
 - more: a job is recorded in the store as `queued` and returned at once (the route answers 202); a
   background task chunks the documents (the job's `total` is 0 until then), embeds the chunks batch by
   batch (`retrieval.batching`), stages each batch's vectors in the store with the job's progress, and
-  finally switches the collection to the new content in one transaction (`CollectionStore.commit_job`). Until then, and after a failure, the previous version is
-  what every search sees.
+  finally switches the collection to the new content in one transaction (`CollectionStore.commit_job`).
+  Until then, and after a failure, the previous version is what every search sees.
 
 Jobs are rows in the store, not objects in memory, so any gateway replica answers `GET /v1/jobs/{id}`
 and a restart is detectable: each job names its owner process (``host:pid:token``), and a queued or
