@@ -43,6 +43,10 @@ class IngestConfig(BaseModel):
         "and do not count.",
     )
     max_running_jobs: int = Field(1, ge=1, description="Jobs embedding at once per gateway replica; others queue.")
+    finished_job_ttl_s: float = Field(
+        7 * 86_400.0, gt=0, description="How long a done or failed job stays readable (GET /v1/jobs/{id}); older "
+        "records are dropped when a gateway starts.",
+    )
 
 
 class RetrievalConfig(BaseModel):

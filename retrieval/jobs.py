@@ -23,6 +23,7 @@ import asyncio
 import logging
 import os
 import socket
+import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 
@@ -83,6 +84,7 @@ class IngestJobs:
         owner: str | None = None,
         owner_alive: Callable[[str], bool] = owner_process_alive,
         new_job_id: Callable[[], str] = lambda: uuid.uuid4().hex,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self._service = service
         self._store = service.store
@@ -91,14 +93,19 @@ class IngestJobs:
         self.owner = owner or process_owner()
         self._owner_alive = owner_alive
         self._new_job_id = new_job_id
+        self._clock = clock
         self._slots = asyncio.Semaphore(self.config.max_running_jobs)
         self._tasks: set[asyncio.Task] = set()
 
     def recover(self) -> list[str]:
-        """At start: report failed every unfinished job whose process is gone. Returns their ids."""
+        """At start: report failed every unfinished job whose process is gone (returns their ids), and drop
+        records of jobs finished longer than `finished_job_ttl_s` ago."""
         ids = self._store.fail_interrupted_jobs(self._owner_alive, INTERRUPTED_BY_RESTART)
         for job_id in ids:
             logger.warning("ingestion job %s was interrupted by a restart; reported failed", job_id)
+        pruned = self._store.prune_jobs(self._clock() - self.config.finished_job_ttl_s)
+        if pruned:
+            logger.info("dropped %d ingestion job records older than %.0f s", pruned, self.config.finished_job_ttl_s)
         return ids
 
     async def submit(self, collection: str, docs: Sequence[Document]) -> WriteResult | IngestJob:

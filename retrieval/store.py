@@ -586,6 +586,12 @@ class CollectionStore:
                 conn.execute("DELETE FROM job_embeddings WHERE job_id = ?", (job_id,))
         return failed
 
+    def prune_jobs(self, finished_before: float) -> int:
+        """Drop the records of jobs that finished before `finished_before` (Unix seconds); returns how many."""
+        with self._write() as conn:
+            return conn.execute("DELETE FROM jobs WHERE state IN (?, ?) AND finished_at < ?",
+                                (JobState.DONE.value, JobState.FAILED.value, finished_before)).rowcount
+
     def fail_interrupted_jobs(self, owner_alive: Callable[[str], bool], error: str) -> list[str]:
         """Report failed every queued or running job whose owner process is gone (the app restarted while
         it ran); returns their ids. Their staged rows are dropped; the collections were never touched."""

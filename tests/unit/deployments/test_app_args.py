@@ -159,6 +159,7 @@ def test_args_are_frozen():
     ("retrieval.settings.ingest.batch_retries", 1),
     ("retrieval.settings.ingest.job_threshold_chunks", 64),
     ("retrieval.settings.ingest.max_running_jobs", 1),
+    ("retrieval.settings.ingest.finished_job_ttl_s", 604_800.0),
     ("agents", {}),
 ])
 def test_defaults_when_the_yaml_sets_nothing(path, default):

@@ -303,6 +303,23 @@ async def test_recover_leaves_jobs_of_live_processes_alone(store, embed):
     assert (await running.get(job.id)).state == JobState.DONE
 
 
+async def test_recover_drops_records_of_jobs_finished_longer_ago_than_the_ttl(store, embed):
+    jobs = make_jobs(store, embed)
+    job = await jobs.submit("kb", NEW)
+    await jobs.join()
+    finished_at = (await jobs.get(job.id)).finished_at
+    ttl = jobs.config.finished_job_ttl_s
+    later = IngestJobs(jobs._service, owner="host:2:b", owner_alive=lambda owner: True,
+                       clock=lambda: finished_at + ttl - 1)
+    later.recover()
+    assert (await later.get(job.id)).state == JobState.DONE  # within the TTL: kept
+    much_later = IngestJobs(jobs._service, owner="host:3:c", owner_alive=lambda owner: True,
+                            clock=lambda: finished_at + ttl + 1)
+    much_later.recover()
+    with pytest.raises(JobNotFoundError):
+        await much_later.get(job.id)
+
+
 def test_owner_process_alive_checks_the_pid_on_this_host():
     host = socket.gethostname()
     assert owner_process_alive(f"{host}:{os.getpid()}:abc")
