@@ -385,7 +385,8 @@ def main(argv: list[str] | None = None, *, stream: TextIO | None = None,
     progress.close()
     elapsed = time.perf_counter() - started
     rate = totals.chunks / elapsed if elapsed > 0 else 0.0
-    print(f"{args.collection} at {where}: {len(docs)} documents in {totals.calls} calls ({totals.jobs} as jobs): "
+    how = f"{totals.calls} atomic writes" if args.db is not None else f"{totals.calls} calls ({totals.jobs} as jobs)"
+    print(f"{args.collection} at {where}: {len(docs)} documents in {how}: "
           f"{totals.upserted} upserted, {totals.skipped} unchanged, {totals.chunks} chunks written in "
           f"{elapsed:.1f} s ({rate:.1f} chunks/s); collection now v{totals.version}", file=out)
     return 0
