@@ -36,8 +36,9 @@ from llm.fallback import FallbackConfig
 from rag.builder import build_llm, build_retrieval
 from retrieval.config import RetrievalConfig
 from retrieval.exceptions import (CollectionNotFoundError, DocumentNotFoundError, InvalidCollectionNameError,
-                                  InvalidInputError, RetrievalError)
-from retrieval.models import DEFAULT_TOP_K, MAX_TOP_K, Document, WriteResult
+                                  InvalidInputError, JobNotFoundError, RetrievalError)
+from retrieval.jobs import IngestJobs
+from retrieval.models import DEFAULT_TOP_K, MAX_TOP_K, Document, IngestJob, WriteResult
 from routing.prefix_affinity import PrefixKeyConfig
 from tokenization import HuggingFaceTokenizer
 
@@ -155,6 +156,7 @@ _ERROR_TABLE: tuple[tuple[type[BaseException], int, str, bool], ...] = (
     (InvalidInputError, 400, "invalid_request", False),
     (CollectionNotFoundError, 404, "not_found", False),
     (DocumentNotFoundError, 404, "not_found", False),
+    (JobNotFoundError, 404, "not_found", False),
     # The pool (or its fallback) could not serve in time: tell the client when to come back.
     (LLMUnavailableError, 503, "unavailable", True),
     (EngineDeadError, 503, "unavailable", True),
@@ -312,9 +314,14 @@ def _info(info: Any) -> dict[str, Any]:
 
 
 def _write(result: WriteResult) -> dict[str, Any]:
-    return {"collection": result.collection, "version": result.version, "upserted": result.upserted_doc_ids,
-            "skipped": result.skipped_doc_ids, "changed_chunks": len(result.changed_chunks),
-            "removed_chunks": len(result.removed_chunks)}
+    return result.summary()
+
+
+def _job(job: IngestJob) -> dict[str, Any]:
+    return {"job": job.id, "status_url": f"/v1/jobs/{job.id}", "collection": job.collection,
+            "state": job.state.value, "documents": job.documents, "done": job.done, "total": job.total,
+            "error": job.error, "result": job.result, "created_at": job.created_at,
+            "started_at": job.started_at, "finished_at": job.finished_at}
 
 
 def _merge_agent_stats(entries: list[dict[str, Any]]) -> dict[str, Any]:
@@ -378,7 +385,11 @@ class Gateway:
         self._completions = CompletionsService(tokenizer=tokenizer, generate=self._pool.generate,
                                                model_name=config.model_name)
         self._agents = agents
-        self._retrieval = build_retrieval(config.retrieval, tokenizer, make_remote_embed(embedder))
+        # The embedder call's own timeout is the batch timeout: either firing is reported as the batch's.
+        embed = make_remote_embed(embedder, timeout_s=config.retrieval.ingest.batch_timeout_s)
+        self._retrieval = build_retrieval(config.retrieval, tokenizer, embed)
+        self._ingest = IngestJobs(self._retrieval, on_done=self._invalidate_removed)
+        self._ingest.recover()  # jobs a previous run left unfinished are reported failed
         self._app_name = serve.get_replica_context().app_name
 
     # -- health and models
@@ -440,12 +451,16 @@ class Gateway:
             for h in hits]}
 
     @app.put("/v1/collections/{name}/documents", dependencies=[Depends(_require_key)])
-    async def upsert_documents(self, name: str, body: UpsertDocumentsBody) -> dict[str, Any]:
+    async def upsert_documents(self, name: str, body: UpsertDocumentsBody) -> Any:
+        """200 with the write when it is small; 202 with a job to follow when it has more chunks to embed
+        than `retrieval.settings.ingest.job_threshold_chunks` (the collection switches when the job is done)."""
         docs = [Document(id=d.id, text=d.text, metadata=d.metadata) for d in body.documents]
         with _collection_from("name"):
-            result = await self._retrieval.upsert(name, docs)
-        await self._invalidate_removed(result)
-        return _write(result)
+            outcome = await self._ingest.submit(name, docs)
+        if isinstance(outcome, IngestJob):
+            return JSONResponse(status_code=202, content=_job(outcome))
+        await self._invalidate_removed(outcome)
+        return _write(outcome)
 
     @app.delete("/v1/collections/{name}/documents/{doc_id}", dependencies=[Depends(_require_key)])
     async def delete_document(self, name: str, doc_id: str) -> dict[str, Any]:
@@ -453,6 +468,11 @@ class Gateway:
             result = await self._retrieval.delete(name, doc_id)
         await self._invalidate_removed(result)
         return _write(result)
+
+    @app.get("/v1/jobs/{job_id}", dependencies=[Depends(_require_key_for_reads)])
+    async def get_job(self, job_id: str) -> dict[str, Any]:
+        """An ingestion job: `state` (queued, running, done, failed), `done`/`total` chunks, `error`."""
+        return _job(await self._ingest.get(job_id))
 
     async def _invalidate_removed(self, result: WriteResult) -> None:
         """Drop token-cache entries of replaced or deleted chunks from every tier of every agent.

@@ -17,7 +17,9 @@ from fastapi.testclient import TestClient
 
 from agents.registry import AGENTS
 from deployments import gateway
-from retrieval.exceptions import CollectionNotFoundError, DocumentNotFoundError, InvalidCollectionNameError
+from retrieval.exceptions import (CollectionNotFoundError, DocumentNotFoundError, InvalidCollectionNameError,
+                                  JobNotFoundError)
+from retrieval.jobs import IngestJobs
 from retrieval.models import Document
 from retrieval.service import RetrievalService
 from retrieval.store import CollectionStore
@@ -69,6 +71,7 @@ def instance(tmp_path, monkeypatch):
     self = object.__new__(GatewayInstance)
     self.config = SimpleNamespace(protect_reads=False, request_timeout_s=5.0, agent_collections={})
     self._retrieval = RetrievalService(store, embedder.aembed, lambda text: [text])
+    self._ingest = IngestJobs(self._retrieval, on_done=self._invalidate_removed)
     self._agents = {cls.name: FakeAgentHandle(cls.name) for cls in AGENTS}
     self._completions = FakeCompletions()
     monkeypatch.setattr(gateway.serve, "get_replica_context", lambda: SimpleNamespace(servable_object=self))
@@ -146,6 +149,7 @@ def test_right_types_pass_and_an_integer_is_a_valid_float(client, instance):
         ("POST", "/v1/cache/invalidate", {"collection": "nope"}, 404, "collection"),
         ("GET", "/v1/collections/Bad.Name", None, 400, "name"),
         ("POST", "/v1/collections/Bad.Name/search", {"query": "reset"}, 400, "name"),
+        ("GET", "/v1/jobs/no-such-job", None, 404, "job_id"),
         ("GET", "/v1/no-such-route", None, 404, "path"),
         ("DELETE", "/v1/models", None, 405, "method"),
     ],
@@ -171,6 +175,7 @@ def test_an_upsert_into_an_unknown_collection_is_404_naming_the_path_parameter(c
         (CollectionNotFoundError("kb", "name"), 404, "name"),
         (DocumentNotFoundError("kb", "d1"), 404, "doc_id"),
         (InvalidCollectionNameError("name", "bad"), 400, "name"),
+        (JobNotFoundError("0123abcd"), 404, "job_id"),
     ],
 )
 def test_the_error_table_names_the_field_also_after_pickling(error, status, field):
@@ -191,6 +196,7 @@ def test_every_4xx_entry_of_the_error_table_carries_a_field():
         "InvalidInputError": lambda kind: kind("query", "empty"),
         "CollectionNotFoundError": lambda kind: kind("kb"),
         "DocumentNotFoundError": lambda kind: kind("kb", "d1"),
+        "JobNotFoundError": lambda kind: kind("0123abcd"),
     }
     for kind, status, *_ in gateway._ERROR_TABLE:
         if status < 500:
