@@ -154,7 +154,7 @@ async def _validation_error(request: Request, exc: RequestValidationError) -> JS
     if errors[0].get("type") == "json_invalid":
         return _error(400, "invalid_json", f"request body is not valid JSON: {errors[0].get('msg')}", "body")
     field, message = _invalid_field(errors)
-    status = 400 if request.url.path in OPENAI_ROUTES else 422
+    status = 400 if request is not None and request.url.path in OPENAI_ROUTES else 422
     return _error(status, "invalid_request", f"{field}: {message}", field)
 
 
