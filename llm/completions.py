@@ -233,6 +233,8 @@ class CompletionsService:
     def _generate_request(self, request: SamplingFields, prompt_ids: list[int], max_tokens: int,
                           logprobs: int | None, prefix_len: int | None = None) -> GenerateRequest:
         self._check_ids(request.stop_token_ids or [], "stop_token_ids")
+        if request.min_tokens > max_tokens:
+            raise InvalidRequestError("min_tokens", f"must not exceed the output budget ({max_tokens} tokens)")
         return GenerateRequest(prompt_token_ids=prompt_ids, max_tokens=max_tokens, prefix_len=prefix_len,
                                logprobs=logprobs, request_id=uuid.uuid4().hex, **request.sampling())
 
@@ -273,7 +275,7 @@ class CompletionsService:
             try:
                 prompt_ids = await asyncio.to_thread(self._tokenizer.render_chat, messages,
                                                      request.add_generation_prompt, request.continue_final_message)
-            except (ValueError, TypeError, KeyError) as err:  # the template refused the conversation
+            except Exception as err:  # the template refused the conversation (jinja's TemplateError, ValueError)
                 raise InvalidRequestError("messages", f"the chat template cannot render these messages: {err}") from err
         max_tokens = self._budget(len(prompt_ids), request.output_budget, budget_field, "messages")
         generate = self._generate_request(request, prompt_ids, max_tokens, request.logprobs_k, prefix_len)
