@@ -17,7 +17,7 @@ def args(**overrides) -> argparse.Namespace:
 def test_completions_with_a_prefix_repetition_dataset():
     argv = bench_argv(args(), "/models/m", "out.json")
     assert argv[:2] == ["bench", "serve"]
-    pairs = dict(zip(argv[2::2], argv[3::2]))
+    pairs = {flag: argv[i + 1] for i, flag in enumerate(argv[:-1]) if flag.startswith("--")}
     assert pairs["--backend"] == "openai" and pairs["--endpoint"] == "/v1/completions"
     assert pairs["--base-url"] == "http://127.0.0.1:8000" and pairs["--tokenizer"] == "/models/m"
     assert pairs["--dataset-name"] == "prefix_repetition" and pairs["--prefix-repetition-prefix-len"] == "512"
