@@ -107,6 +107,8 @@ class LLMPoolArgs(ScaleArgs):
 class GatewayArgs(ScaleArgs):
     request_timeout_s: float = Field(default=120.0, gt=0, description="Longest wait for the LLM pool or an agent.")
     protect_reads: bool = Field(default=False, description="Require TCRAG_API_KEY on read routes too.")
+    chat_cache_mb: float = Field(default=64.0, gt=0, description="L0 token-cache budget of the chat completions RAG hook.")
+    chat_cache_ttl_s: float = Field(default=3600.0, gt=0, description="L0 entry lifetime of the chat RAG hook.")
 
 
 class CacheArgs(TokenCacheConfig):
@@ -291,6 +293,9 @@ def build(args: dict[str, Any] | None = None) -> Application:
             agent_collections=collections,
             protect_reads=gateway_args.protect_reads,
             llm_fallback=pool.fallback,
+            max_model_len=engine.max_model_len,
+            token_cache=cache.client_config(max_cache_size_mb=gateway_args.chat_cache_mb, l0_ttl_s=gateway_args.chat_cache_ttl_s),
+            reuse=app_args.reuse,
         ),
         llm,
         embedder,

@@ -1,4 +1,5 @@
-"""The LLM layer: engine adapter, replica logic and the values passed to and from replicas."""
+"""The LLM layer: engine adapter, replica logic, the values passed to and from replicas, and the OpenAI API
+(``llm.openai_api`` request bodies, ``llm.completions`` the service behind the OpenAI routes)."""
 
 from llm.engine import EngineConfig, EngineSettings, EngineStep, LLMServer, TokenEngine, VLLMEngine, read_eos_token_ids
 from llm.exceptions import (
@@ -8,7 +9,7 @@ from llm.exceptions import (
     LLMError,
     LLMUnavailableError,
 )
-from llm.types import GenerateRequest, GenerateResult, StreamDelta
+from llm.types import GenerateRequest, GenerateResult, StreamDelta, TokenLogprob
 
 __all__ = [
     "EngineConfig",
@@ -26,4 +27,5 @@ __all__ = [
     "GenerateRequest",
     "GenerateResult",
     "StreamDelta",
+    "TokenLogprob",
 ]
