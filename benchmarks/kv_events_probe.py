@@ -20,8 +20,8 @@ same prompt with ``cache_salt="tenant-1"`` stores 4 new blocks with ``extra_keys
 ``BlockRemoved`` per evicted block. ``reset_prefix_cache`` publishes ``AllBlocksCleared``, but only with
 the engine's next step (events are flushed per scheduler step), so the one request right after a reset
 is predicted cached (512) and is not (0). On the 11 other requests with a prediction (the first has none:
-the index learns the block size from the first event) it equals the engine's ``num_cached_tokens``. The replay endpoint (ROUTER, asked through a DEALER socket) returns all
-10 published batches from seq 0. vLLM's own ``hash_block_tokens(sha256, None, block, None)`` computed in
+the index learns the block size from the first event) it equals the engine's ``num_cached_tokens``.
+The replay endpoint (ROUTER, asked through a DEALER socket) returns all 10 published batches from seq 0. vLLM's own ``hash_block_tokens(sha256, None, block, None)`` computed in
 this process, with ``PYTHONHASHSEED`` unset in both processes, reproduces the first published hash (low
 64 bits): in this vLLM the ``NONE_HASH`` seed is the fixed string ``"vllm-none-hash"`` for SHA-256 (it is
 ``PYTHONHASHSEED`` when that is set, and random per process only for the xxhash algorithms). See

@@ -296,7 +296,9 @@ class KVBlockIndex:
             return self._apply_in_order(replica_id, state, seq, batch)
         return self._start_gap(state, state.next_seq, seq, batch)
 
-    def replay(self, replica_id: str, messages: Iterable[tuple[int, KVEventBatch]], complete: bool = True) -> IngestResult:
+    def replay(
+        self, replica_id: str, messages: Iterable[tuple[int, KVEventBatch]], complete: bool = True
+    ) -> IngestResult:
         """Apply the replay endpoint's answer to a gap, then the live messages buffered meanwhile.
 
         ``complete`` is False when the replay request failed or timed out. If the answer does not start

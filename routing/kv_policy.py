@@ -9,8 +9,10 @@ queued (``ReplicaLoad``, e.g. from ``LoadTracker``). For every candidate
 where the uncached tokens are the prompt minus the leading blocks the replica holds. The first term is
 the load the request would wait behind, in seconds of the replica's time rather than in request counts
 (one queued 3,000-token cold prefill costs more than ten cached follow-ups); the second is the work the
-request itself adds. The smallest wins; ties (typically a new prefix on an idle pool) go to the prefix
-key's owner on the consistent-hash ring, so every router process breaks them the same way.
+request itself adds. The score weighs that work by ``work_weight`` (2 by default, see
+``DEFAULT_WORK_WEIGHT``): a cold prefill delays the requests that queue behind it too. The smallest
+score wins; ties (typically a new prefix on an idle pool) go to the prefix key's owner on the
+consistent-hash ring, so every router process breaks them the same way.
 
 Requests routed but not yet reported by events (vLLM publishes ``BlockStored`` once a step has computed
 the blocks) are remembered per router for ``pending_ttl_s``, so that a burst of one new prefix follows
@@ -54,6 +56,12 @@ KVRoutingReason = Literal["kv_match", "kv_load", "fallback_affinity", "fallback_
 DEFAULT_PREFILL_TOKENS_PER_S = 460.0
 DEFAULT_DECODE_TOKENS_PER_S = 4 * 18.6
 DEFAULT_ENGINE_BLOCK_SIZE = 128  # vLLM's default KV block on the CPU backend
+# Weight of the request's own uncached prefill in the score. 1.0 would be the literal expected TTFT, and
+# it loses: under load it sends a prefix away from a busy holder, the cold prefill elsewhere eats capacity
+# that later requests wait for, queues grow, more requests spill. In benchmarks/simulate_routing.py
+# (8 and 16 replicas, load 0.5, 727-block caches) weight 1 reached 0.69-0.74 of the oracle's cached share
+# and TTFT p50 ~4.1 s; weight 2 reached 0.97 and ~2.3 s; 3-4 gained under 2% more cache and worse balance.
+DEFAULT_WORK_WEIGHT = 2.0
 
 
 class KVPolicyConfig(BaseModel):
@@ -72,6 +80,11 @@ class KVPolicyConfig(BaseModel):
     decode_tokens_per_s: float = Field(
         default=DEFAULT_DECODE_TOKENS_PER_S, gt=0,
         description="Rate at which a replica works off queued decode tokens, batching included (placeholder).",
+    )
+    work_weight: float = Field(
+        default=DEFAULT_WORK_WEIGHT, ge=0.0,
+        description="Weight of the request's own uncached prefill against the queue it would wait behind; "
+        "above 1 a cold prefill also counts for the requests it will delay.",
     )
     min_warm_fraction: float = Field(
         default=0.5, ge=0.0, le=1.0,
@@ -228,7 +241,8 @@ class KVAwarePolicy:
         """Seconds of work ahead of a new request on a replica with ``load``."""
         if load is None:
             return 0.0
-        return load.prefill_tokens / self._config.prefill_tokens_per_s + load.decode_tokens / self._config.decode_tokens_per_s
+        config = self._config
+        return load.prefill_tokens / config.prefill_tokens_per_s + load.decode_tokens / config.decode_tokens_per_s
 
     def choose(
         self,
@@ -266,22 +280,24 @@ class KVAwarePolicy:
         rank = {r: i for i, r in enumerate(self._fallback.preference(unique, affinity_key))} if affinity_key else {}
         n_tokens = len(prompt.token_ids)
         best: tuple[float, int, str] | None = None
-        best_matched = 0
+        best_matched, best_ttft = 0, 0.0
         for replica in unique:
             hit_blocks = max(matched.get(replica, 0), pending[replica])
             # vLLM always computes at least the prompt's last token, so a fully cached prompt still
             # prefills one token (it then reports one block fewer cached when the prompt ends on a
             # block boundary; the difference is negligible here).
             uncached = max(1, n_tokens - hit_blocks * block_size)
-            cost = self.queue_s(loads.get(replica)) + uncached / self._config.prefill_tokens_per_s
-            candidate = (round(cost, 9), rank.get(replica, len(unique)), replica)
+            queue_s = self.queue_s(loads.get(replica))
+            prefill_s = uncached / self._config.prefill_tokens_per_s
+            score = queue_s + self._config.work_weight * prefill_s
+            candidate = (round(score, 9), rank.get(replica, len(unique)), replica)
             if best is None or candidate < best:
-                best, best_matched = candidate, hit_blocks
+                best, best_matched, best_ttft = candidate, hit_blocks, queue_s + prefill_s
         assert best is not None
         chosen = best[2]
         self._pending.note(chosen, keys)
         reason: KVRoutingReason = "kv_match" if best_matched > 0 else "kv_load"
-        return KVRoutingDecision(chosen, reason, min(n_tokens, best_matched * block_size), best[0])
+        return KVRoutingDecision(chosen, reason, min(n_tokens, best_matched * block_size), best_ttft)
 
     def _fall_back(
         self,
