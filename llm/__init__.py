@@ -1,6 +1,15 @@
 """The LLM layer: engine adapter, replica logic and the values passed to and from replicas."""
 
-from llm.engine import EngineConfig, EngineSettings, EngineStep, LLMServer, TokenEngine, VLLMEngine, read_eos_token_ids
+from llm.engine import (
+    EngineConfig,
+    EngineSettings,
+    EngineStep,
+    KVEventsPublishing,
+    LLMServer,
+    TokenEngine,
+    VLLMEngine,
+    read_eos_token_ids,
+)
 from llm.exceptions import (
     EngineDeadError,
     GenerationError,
@@ -17,6 +26,7 @@ __all__ = [
     "LLMServer",
     "TokenEngine",
     "VLLMEngine",
+    "KVEventsPublishing",
     "read_eos_token_ids",
     "EngineDeadError",
     "GenerationError",
