@@ -55,6 +55,7 @@ __all__ = [
     "ReplicaIndexStats",
     "ReplicaStatus",
     "block_keys",
+    "leading_matches",
 ]
 
 BlockKey = int
@@ -116,6 +117,22 @@ def block_keys(
         prev = hashlib.blake2b(prev + packed[i * step : (i + 1) * step], digest_size=8).digest()
         keys.append(int.from_bytes(prev, "big"))
     return keys
+
+
+def leading_matches(
+    keys: Sequence[BlockKey], replicas: Iterable[str], holders_of: Callable[[BlockKey], Iterable[str]]
+) -> dict[str, int]:
+    """For each of ``replicas``, how many leading ``keys`` it holds according to ``holders_of``: one
+    lookup per block answers every replica at once, and the walk stops at the first block none holds."""
+    result = {r: 0 for r in replicas}
+    alive = set(result)
+    for i, key in enumerate(keys):
+        alive.intersection_update(holders_of(key))
+        if not alive:
+            break
+        for replica in alive:
+            result[replica] = i + 1
+    return result
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,18 +220,7 @@ class KVBlockIndex:
     def matched_blocks(self, keys: Sequence[BlockKey], replicas: Iterable[str]) -> dict[str, int]:
         """For each replica, how many leading blocks of ``keys`` it holds (vLLM reuses a prefix only
         up to its first missing block). Replicas the index does not know score 0."""
-        result = {r: 0 for r in replicas}
-        alive = set(result)
-        for i, key in enumerate(keys):
-            holders = self._holders.get(key)
-            if not holders:
-                break
-            alive &= holders
-            if not alive:
-                break
-            for replica in alive:
-                result[replica] = i + 1
-        return result
+        return leading_matches(keys, replicas, lambda key: self._holders.get(key, ()))
 
     def stats(self) -> list[ReplicaIndexStats]:
         return [

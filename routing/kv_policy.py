@@ -39,7 +39,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from routing.kv_index import BlockKey, KVBlockIndex, block_keys
+from routing.kv_index import BlockKey, KVBlockIndex, block_keys, leading_matches
 from routing.prefix_affinity import PrefixAffinityPolicy, PromptTokens, prefix_key
 
 __all__ = [
@@ -180,18 +180,11 @@ class _PendingBlocks:
 
     def matched(self, keys: Sequence[BlockKey], replicas: Sequence[str]) -> dict[str, int]:
         now = self._clock()
-        result = {r: 0 for r in replicas}
-        alive = set(replicas)
-        for i, key in enumerate(keys):
-            holders = self._entries.get(key)
-            if not holders:
-                break
-            alive = {r for r in alive if holders.get(r, 0.0) > now}
-            if not alive:
-                break
-            for r in alive:
-                result[r] = i + 1
-        return result
+
+        def holders(key: BlockKey) -> list[str]:
+            return [r for r, expiry in self._entries.get(key, {}).items() if expiry > now]
+
+        return leading_matches(keys, replicas, holders)
 
     def _purge(self, now: float) -> None:
         for key in list(self._entries):

@@ -5,20 +5,14 @@ endpoint answering ``[b"", start_seq]`` with every buffered ``(topic, seq, paylo
 
 from __future__ import annotations
 
-import socket
 import threading
 
 import zmq
 
 from routing.kv_events import KVEventBatch, encode_batch
+from testbed.redis_server import free_port
 
 END_SEQ = (-1).to_bytes(8, "big", signed=True)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class FakeKVPublisher:

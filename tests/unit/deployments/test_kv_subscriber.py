@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
 import zmq.asyncio
 
 from deployments.kv_subscriber import KVEventSubscriber, ReplicaEndpoints, kv_topic, parse_kv_topic
@@ -32,13 +33,19 @@ async def until(predicate, timeout_s: float = 3.0) -> None:
         await asyncio.sleep(0.02)
 
 
-async def started(publisher: FakeKVPublisher) -> tuple[KVBlockIndex, KVEventSubscriber, asyncio.Task]:
+@pytest.fixture
+async def wired():
+    """A fake publisher for replica r1, an index and a running subscriber connected to it."""
+    publisher = FakeKVPublisher(kv_topic("r1", "a"))
     index = KVBlockIndex()
     sub = KVEventSubscriber(index, replay_timeout_s=1.0, context=zmq.asyncio.Context())
     sub.connect("r1", ReplicaEndpoints(publisher.endpoint, publisher.replay_endpoint))
     task = asyncio.get_running_loop().create_task(sub.run())
     await asyncio.sleep(0.3)  # ZMQ's slow joiner: let the subscription reach the publisher
-    return index, sub, task
+    yield publisher, index, sub
+    task.cancel()
+    await sub.close()
+    publisher.close()
 
 
 def test_topics_round_trip() -> None:
@@ -46,53 +53,35 @@ def test_topics_round_trip() -> None:
     assert parse_kv_topic("other") is None and parse_kv_topic("kv@") is None
 
 
-async def test_live_events_reach_the_index_and_a_lost_one_is_replayed() -> None:
-    publisher = FakeKVPublisher(kv_topic("r1", "a"))
-    index, sub, task = await started(publisher)
-    try:
-        publisher.publish(stored(0))
-        await until(lambda: matched(index) == 1)
-        publisher.publish(stored(1), lose=True)  # never arrives live
-        publisher.publish(stored(2))
-        publisher.publish(stored(3))
-        await until(lambda: matched(index) == 4 and index.status("r1") == "warm")
-        (stats,) = index.stats()
-        assert stats.gaps == 1 and stats.next_seq == 4
-    finally:
-        task.cancel()
-        await sub.close()
-        publisher.close()
+async def test_live_events_reach_the_index_and_a_lost_one_is_replayed(wired) -> None:
+    publisher, index, _ = wired
+    publisher.publish(stored(0))
+    await until(lambda: matched(index) == 1)
+    publisher.publish(stored(1), lose=True)  # never arrives live
+    publisher.publish(stored(2))
+    publisher.publish(stored(3))
+    await until(lambda: matched(index) == 4 and index.status("r1") == "warm")
+    (stats,) = index.stats()
+    assert stats.gaps == 1 and stats.next_seq == 4
 
 
-async def test_a_gap_the_replay_buffer_no_longer_holds_turns_the_replica_cold() -> None:
-    publisher = FakeKVPublisher(kv_topic("r1", "a"))
-    index, sub, task = await started(publisher)
-    try:
-        publisher.publish(stored(0))
-        await until(lambda: matched(index) == 1)
-        publisher.publish(stored(1), lose=True)
-        publisher.replay_from_seq = 2  # the publisher's buffer has moved past the lost message
-        publisher.publish(stored(2))
-        await until(lambda: index.status("r1") == "cold")
-        assert matched(index) == 0
-    finally:
-        task.cancel()
-        await sub.close()
-        publisher.close()
+async def test_a_gap_the_replay_buffer_no_longer_holds_turns_the_replica_cold(wired) -> None:
+    publisher, index, _ = wired
+    publisher.publish(stored(0))
+    await until(lambda: matched(index) == 1)
+    publisher.publish(stored(1), lose=True)
+    publisher.replay_from_seq = 2  # the publisher's buffer has moved past the lost message
+    publisher.publish(stored(2))
+    await until(lambda: index.status("r1") == "cold")
+    assert matched(index) == 0
 
 
-async def test_undecodable_message_marks_the_replica_cold() -> None:
-    publisher = FakeKVPublisher(kv_topic("r1", "a"))
-    index, sub, task = await started(publisher)
-    try:
-        publisher.publish(stored(0))
-        await until(lambda: matched(index) == 1)
-        publisher.send_raw(b"\x00not msgpack")
-        await until(lambda: index.status("r1") == "cold")
-        assert sub.undecodable == 1
-        sub.disconnect("r1")
-        assert index.status("r1") == "unknown"
-    finally:
-        task.cancel()
-        await sub.close()
-        publisher.close()
+async def test_undecodable_message_marks_the_replica_cold(wired) -> None:
+    publisher, index, sub = wired
+    publisher.publish(stored(0))
+    await until(lambda: matched(index) == 1)
+    publisher.send_raw(b"\x00not msgpack")
+    await until(lambda: index.status("r1") == "cold")
+    assert sub.undecodable == 1
+    sub.disconnect("r1")
+    assert index.status("r1") == "unknown"
