@@ -36,7 +36,8 @@ re-routed, and a replacement with a new id and an empty cache joins ``restart_s`
 (at 50% the arrival rate doubles and as many replicas again join, empty).
 
 Usage: ``python -m benchmarks.simulate_routing [--replicas 8 16 64] [--scenarios steady loss scaleout]``
-writes ``benchmarks/results/simulate_<scenario>.json`` (one file per scenario, all pool sizes and routers).
+writes ``benchmarks/results/simulate_<scenario>.json`` (one file per scenario, all pool sizes and routers) and a
+``.png`` beside it; ``--plot FILE...`` redraws the plots of existing results.
 """
 
 from __future__ import annotations
@@ -503,6 +504,34 @@ def summary_rows(result: dict[str, Any]) -> list[str]:
     return rows
 
 
+def plot_scenario(result: dict[str, Any], path: Path) -> Path:
+    """One panel per pool size: each router's cached share relative to the oracle on the same requests,
+    per time window, with the scenario's event marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = result["runs"]
+    fig, axes = plt.subplots(1, len(runs), figsize=(5 * len(runs), 3.6), sharey=True, squeeze=False)
+    for ax, run in zip(axes[0], runs):
+        for name, r in run["routers"].items():
+            xs = [w["start_s"] for w in r["windows"] if w["vs_oracle"] is not None]
+            ys = [w["vs_oracle"] for w in r["windows"] if w["vs_oracle"] is not None]
+            ax.plot(xs, ys, marker=".", label=f"{name} (p95 {r['ttft_p95_s']:.1f}s)")
+            if "event_at_s" in r:
+                ax.axvline(r["event_at_s"], color="grey", linestyle=":")
+        ax.set_title(f"{result['scenario']}, {run['replicas']} replicas")
+        ax.set_xlabel("arrival time (s)")
+        ax.set_ylim(0, 1.05)
+        ax.legend(fontsize=7)
+    axes[0][0].set_ylabel("cached share / oracle's")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
 DEFAULTS = SimConfig()
 
 
@@ -518,7 +547,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out-dir", type=Path, default=RESULTS_DIR)
     parser.add_argument("--no-write", action="store_true")
+    parser.add_argument("--plot", type=Path, nargs="+", default=None,
+                        help="only (re)draw the PNG of these simulate_*.json files")
     args = parser.parse_args(argv)
+    if args.plot:
+        for path in args.plot:
+            print(plot_scenario(json.loads(path.read_text()), path.with_suffix(".png")))
+        return 0
     base = SimConfig(requests_per_replica=args.requests_per_replica, kv_blocks=args.kv_blocks,
                      block_size=args.block_size, load=args.load, seed=args.seed)
     command = "python -m benchmarks.simulate_routing " + " ".join(argv if argv is not None else sys.argv[1:])
@@ -531,7 +566,8 @@ def main(argv: list[str] | None = None) -> int:
             args.out_dir.mkdir(parents=True, exist_ok=True)
             path = args.out_dir / f"simulate_{scenario}.json"
             path.write_text(json.dumps(result, indent=1) + "\n")
-            print(f"[simulate] wrote {path}", file=sys.stderr)
+            plot_scenario(result, path.with_suffix(".png"))
+            print(f"[simulate] wrote {path} and its .png", file=sys.stderr)
     return 0
 
 
