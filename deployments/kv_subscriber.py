@@ -1,7 +1,7 @@
 """ZMQ subscriber that feeds ``routing.kv_index.KVBlockIndex`` from the LLM replicas' KV-event publishers.
 
-Not wired into the router yet (see "Wiring" below); it runs without Ray, on the asyncio loop that reads
-the index (the index is not thread-safe), and is tested against a fake vLLM-style publisher.
+It runs without Ray, on the asyncio loop that reads the index (the index is not thread-safe), and is
+tested against a fake vLLM-style publisher.
 
 Protocol (vLLM's ``ZmqEventPublisher``, see ``routing/kv_events.py``): one SUB socket connects to every
 replica's PUB endpoint; the topic names the replica, ``kv@<replica id>@<incarnation>``, so one socket
@@ -11,13 +11,13 @@ from the first missing seq, with a timeout; the index applies the answer or mark
 Replays run as their own tasks, so live messages of other replicas keep flowing meanwhile (the index
 buffers the resyncing replica's). An undecodable message marks its replica cold.
 
-Wiring (to do, behind ``kv_events.enabled``, default off): each LLM replica starts its engine with
-``KVEventsConfig(enable_kv_cache_events=True, publisher="zmq", endpoint="tcp://*:<port>",
-replay_endpoint="tcp://*:<port+1>", topic="kv@<replica id>@<start nonce>")`` and reports
-``tcp://<node ip>:<port>`` through a ``kv_endpoints()`` method; each router process owns one index and
-one subscriber, connects to the endpoints of ``curr_replicas`` as they change (``update_replicas``),
-calls ``replay_all`` on a new replica (an empty answer means known and empty: ``index.clear``), and
-asks ``routing.kv_policy.KVAwarePolicy`` instead of ``PrefixAffinityPolicy`` when enabled.
+Wiring (behind ``llm.kv_events.enabled`` and the router's ``kv_routing.enabled``, both off by default):
+each LLM replica starts its engine with ``KVEventsConfig(enable_kv_cache_events=True, publisher="zmq",
+endpoint="tcp://*:<port>", replay_endpoint="tcp://*:<port+1>", topic="kv@<replica id>@<start nonce>")``
+and reports ``tcp://<node ip>:<port>`` in ``record_routing_stats`` (Ray Serve polls it and hands it to
+every router as ``RunningReplica.routing_stats``); each router process owns one index and one
+subscriber, connects to the candidates' endpoints as they appear (``bootstrap`` replays a new
+replica's history), and asks ``routing.kv_policy.KVAwarePolicy``.
 """
 
 from __future__ import annotations
@@ -78,6 +78,7 @@ class KVEventSubscriber:
         self.undecodable = 0
 
     def connect(self, replica_id: str, endpoints: ReplicaEndpoints) -> None:
+        """Listen to a replica; on a running loop, also learn what it published before (``bootstrap``)."""
         old = self._endpoints.get(replica_id)
         if old == endpoints:
             return
@@ -85,6 +86,34 @@ class KVEventSubscriber:
             self._sub.disconnect(old.endpoint)
         self._endpoints[replica_id] = endpoints
         self._sub.connect(endpoints.endpoint)
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        task = loop.create_task(self.bootstrap(replica_id))
+        self._replays.add(task)
+        task.add_done_callback(self._replays.discard)
+
+    async def bootstrap(self, replica_id: str) -> None:
+        """Replay a newly connected replica's history: none means known and empty (warm at once rather
+        than unknown until its first event); some is applied in order. Live messages that arrived
+        first already started the replica's sequence (and asked for their own replay)."""
+        messages = await self.replay_all(replica_id, 0)
+        if messages is None or self._index.status(replica_id) != "unknown":
+            return
+        if not messages:
+            self._index.clear(replica_id)
+            return
+        for message in sorted(messages, key=lambda m: m.seq):
+            self._index.ingest(replica_id, message.seq, message.batch, self._incarnation(message.topic))
+
+    @staticmethod
+    def _incarnation(topic: str) -> str:
+        names = parse_kv_topic(topic)
+        return "" if names is None else names[1]
+
+    def connected(self) -> list[str]:
+        return sorted(self._endpoints)
 
     def disconnect(self, replica_id: str) -> None:
         """Stop listening to a replica that left the pool and forget its blocks."""

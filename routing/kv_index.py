@@ -278,6 +278,12 @@ class KVBlockIndex:
             # Joined a running engine: what it stored before `seq` is only in its replay buffer.
             return self._start_gap(state, 0, seq, batch)
         state.last_event_s = self._clock()
+        if state.next_seq is None and state.status != "resyncing":
+            # Known (cleared or marked) but no message yet: this is the stream's start, whatever its name.
+            state.incarnation = incarnation
+            if seq == 0:
+                return self._apply_in_order(replica_id, state, seq, batch)
+            return self._start_gap(state, 0, seq, batch)
         if incarnation != state.incarnation or (state.next_seq is not None and seq < state.next_seq):
             # A live stream never goes backwards: a lower seq is a new publisher, i.e. a new engine.
             self._drop_entries(replica_id, state)

@@ -187,3 +187,13 @@ def test_the_same_engine_hash_restored_with_other_content_moves_the_key() -> Non
     index.ingest("r1", 1, batch(stored([11], [1, 2, 3, 4])))
     assert matched(index, PROMPT, ["r1"]) == {"r1": 0}
     assert index.matched_blocks(block_keys([1, 2, 3, 4], BS), ["r1"]) == {"r1": 1}
+
+
+def test_a_replica_cleared_before_its_first_message_adopts_the_streams_name() -> None:
+    index = KVBlockIndex()
+    index.clear("r1")  # the subscriber's bootstrap found no history
+    assert index.ingest("r1", 0, batch(stored([11], PROMPT[:4])), incarnation="n1").action == "applied"
+    assert index.stats()[0].restarts == 0
+    index.clear("r2")
+    result = index.ingest("r2", 3, batch(), incarnation="n1")  # published between bootstrap and now
+    assert (result.action, result.replay_from) == ("gap", 0)
