@@ -34,8 +34,8 @@ logger = logging.getLogger(__name__)
 
 
 class KVEventsArgs(BaseModel):
-    """Whether and where each replica's engine publishes its KV-cache events (issue 15; the router does
-    not read them yet: see deployments/kv_subscriber.py). Each replica binds two TCP ports on its node,
+    """Whether and where each replica's engine publishes its KV-cache events (issue 15; read by the router
+    when its ``kv_routing`` is on, see deployments/kv_subscriber.py). Each replica binds two TCP ports on its node,
     ``base_port + 2 * local_rank`` (events) and the next one (replay)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -146,6 +146,11 @@ class LLMReplica:
 
     async def check_health(self) -> None:
         await self._server.check_health()
+
+    def record_routing_stats(self) -> dict[str, object]:
+        """Polled by Ray Serve and handed to every router as ``RunningReplica.routing_stats``: where this
+        replica publishes its KV events, when it does (``deployments.prefix_router``'s KV routing)."""
+        return {"kv_events": self._kv_endpoints} if self._kv_endpoints else {}
 
     def kv_endpoints(self) -> dict[str, str] | None:
         """Where this replica's engine publishes KV events (``endpoint``, ``replay_endpoint``, ``topic``),
