@@ -23,6 +23,12 @@ when the event stream is lost, when most replicas are new) the decision is
 ``routing.prefix_affinity.PrefixAffinityPolicy``'s: consistent hashing with bounded loads, today's
 router. The policy never waits on the index: it only reads what the index holds at the moment.
 
+Known weakness (simulator, ``benchmarks/results/simulate_scaleout.json``): the load term copies hot
+prefixes onto idle replicas, so the pool holds fewer distinct blocks than under consistent hashing, which
+partitions them. With 727-block caches, after scaling 8 -> 16 (load doubled) the cached share slid from
+0.97-0.99 of the oracle to ~0.88-0.91 over the next minutes, below consistent hashing's 0.94-0.95 at the
+end; with 3,000-block caches it stayed at 0.96-0.99. The score does not yet count eviction pressure.
+
 The default rates are placeholders, fitted roughly on this machine (2 cores, SmolLM2-135M, vLLM CPU):
 ``benchmarks/results/latest.json`` (288 sequential requests, max_tokens 16) gives TTFT ~ 281 ms +
 2.16 ms per uncached prompt token (460 tokens/s of prefill) and 54 ms per decoded token for a single
