@@ -24,8 +24,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from llm.exceptions import EngineDeadError, GenerationError, InvalidRequestError
 from llm.types import GenerateRequest, GenerateResult, StreamDelta, TokenLogprob
 
-__all__ = ["EngineConfig", "EngineSettings", "EngineStep", "TokenEngine", "VLLMEngine", "LLMServer", "read_eos_token_ids",
-           "sampling_kwargs", "token_logprobs"]
+__all__ = [
+    "EngineConfig", "EngineSettings", "EngineStep", "KVEventsPublishing", "TokenEngine", "VLLMEngine", "LLMServer",
+    "read_eos_token_ids", "sampling_kwargs", "token_logprobs",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -122,12 +124,35 @@ def token_logprobs(token_ids: list[int], positions: Any) -> list[TokenLogprob] |
     return out
 
 
+@dataclass(frozen=True, slots=True)
+class KVEventsPublishing:
+    """Where an engine publishes its KV-cache events (vLLM's ZMQ publisher); see routing/kv_events.py.
+
+    ``endpoint`` and ``replay_endpoint`` with a ``*`` host bind (``tcp://*:PORT``); ``topic`` names the
+    replica and engine instance so that one subscriber can tell many engines apart."""
+
+    endpoint: str
+    replay_endpoint: str | None
+    topic: str
+
+
 class VLLMEngine(TokenEngine):
     """``AsyncLLM`` with the tokenizer skipped: prompts arrive as token IDs and leave as token IDs."""
 
-    def __init__(self, config: EngineConfig) -> None:
+    def __init__(self, config: EngineConfig, kv_events: KVEventsPublishing | None = None) -> None:
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
+
+        extra: dict[str, Any] = {}
+        if config.block_size:
+            extra["block_size"] = config.block_size
+        if kv_events is not None:
+            from vllm.config import KVEventsConfig
+
+            extra["kv_events_config"] = KVEventsConfig(
+                enable_kv_cache_events=True, publisher="zmq", endpoint=kv_events.endpoint,
+                replay_endpoint=kv_events.replay_endpoint, topic=kv_events.topic,
+            )
 
         args = AsyncEngineArgs(
             model=config.model,
@@ -140,7 +165,7 @@ class VLLMEngine(TokenEngine):
             kv_cache_memory_bytes=config.kv_cache_memory_bytes,
             max_num_seqs=config.max_num_seqs,
             seed=config.seed,
-            **({"block_size": config.block_size} if config.block_size else {}),
+            **extra,
         )
         self._engine = AsyncLLM.from_engine_args(args)
 

@@ -65,7 +65,8 @@ def test_the_shipped_serve_config_validates():
     assert sorted(args.agents) == sorted(AGENT_NAMES)
     assert at(args, "agents.qa.max_cache_size_mb") == 150 and at(args, "agents.support.ttl_s") == 3600
     assert at(args, "llm.router.request_router_kwargs") == {"load_factor": 2.0, "block_size": 16, "max_blocks": 64,
-                                                           "vnodes": 128}
+                                                           "vnodes": 128, "kv_routing": {"enabled": False}}
+    assert at(args, "llm.kv_events.enabled") is False  # KV-event publishing and routing ship off
 
 
 @pytest.mark.parametrize("section", [
