@@ -138,7 +138,7 @@ def test_a_small_put_whose_embedding_times_out_is_503_with_a_message_naming_the_
 def test_an_unknown_job_is_404_naming_job_id(client):
     response = client.get("/v1/jobs/0123456789abcdef")
     assert response.status_code == 404
-    assert response.json()["error"] == {"type": "not_found", "field": "job_id",
+    assert response.json()["error"] == {"type": "not_found", "field": "job_id", "param": "job_id",
                                         "message": "job_id: no ingestion job '0123456789abcdef'"}
 
 
