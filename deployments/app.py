@@ -25,7 +25,7 @@ from deployments.agent import AgentReplica
 from deployments.cache_group import TokenCacheShardServer, shard_deployment_name
 from deployments.embedder import EmbedderServer
 from deployments.gateway import Gateway, GatewayConfig
-from deployments.llm_server import LLMReplica, LLMReplicaConfig
+from deployments.llm_server import KVEventsArgs, LLMReplica, LLMReplicaConfig
 from llm import EngineConfig, EngineSettings, model_files
 from llm.fallback import FallbackConfig
 from rag.builder import AgentPipelineConfig
@@ -97,6 +97,9 @@ class LLMPoolArgs(ScaleArgs):
     max_ongoing_requests: int = Field(default=16, ge=1, description="Requests a replica accepts at once.")
     max_queued_requests: int = Field(default=256, ge=-1, description="Queue bound before callers get 503 (-1: none).")
     bind_cores: bool = Field(default=True, description="Pin each CPU engine to a core of its own.")
+    kv_events: KVEventsArgs = Field(
+        default_factory=KVEventsArgs, description="Publish each engine's KV-cache events over ZMQ (off by default)."
+    )
     engine: EngineSettings = Field(default_factory=EngineSettings, description="vLLM engine settings.")
     router: RouterArgs = Field(default_factory=RouterArgs, description="Request routing across replicas.")
     fallback: FallbackConfig | None = Field(
@@ -107,6 +110,8 @@ class LLMPoolArgs(ScaleArgs):
 class GatewayArgs(ScaleArgs):
     request_timeout_s: float = Field(default=120.0, gt=0, description="Longest wait for the LLM pool or an agent.")
     protect_reads: bool = Field(default=False, description="Require TCRAG_API_KEY on read routes too.")
+    chat_cache_mb: float = Field(default=64.0, gt=0, description="L0 token-cache budget of the chat completions RAG hook.")
+    chat_cache_ttl_s: float = Field(default=3600.0, gt=0, description="L0 entry lifetime of the chat RAG hook.")
 
 
 class CacheArgs(TokenCacheConfig):
@@ -239,7 +244,9 @@ def build(args: dict[str, Any] | None = None) -> Application:
         )
     prefix_key = PrefixKeyConfig.model_validate(pool.router.request_router_kwargs)
     engine = EngineConfig(model=model_path, **pool.engine.model_dump())
-    llm = LLMReplica.options(**llm_options).bind(LLMReplicaConfig(engine=engine, bind_cores=pool.bind_cores))
+    llm = LLMReplica.options(**llm_options).bind(
+        LLMReplicaConfig(engine=engine, bind_cores=pool.bind_cores, kv_events=pool.kv_events)
+    )
 
     # Token-cache shard group and the shared embedder
     cache = app_args.cache
@@ -291,6 +298,9 @@ def build(args: dict[str, Any] | None = None) -> Application:
             agent_collections=collections,
             protect_reads=gateway_args.protect_reads,
             llm_fallback=pool.fallback,
+            max_model_len=engine.max_model_len,
+            token_cache=cache.client_config(max_cache_size_mb=gateway_args.chat_cache_mb, l0_ttl_s=gateway_args.chat_cache_ttl_s),
+            reuse=app_args.reuse,
         ),
         llm,
         embedder,

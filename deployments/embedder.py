@@ -73,15 +73,20 @@ EmbedderServer = serve.deployment(
 def make_remote_embed(handle, timeout_s: float = 30.0) -> Callable[[list[str]], Awaitable[np.ndarray]]:
     """Adapt an EmbedderServer handle to the async embed callable RetrievalService takes.
 
-    A single text goes through the batched `embed_one` (query path); lists go to `embed`."""
+    A single text goes through the batched `embed_one` (query path); lists go to `embed`. A call that times
+    out or whose caller is cancelled (a batch timeout in `retrieval.batching`) is cancelled at the embedder
+    too, so that a retry does not queue behind it (awaiting a response does not cancel it by itself)."""
 
     async def embed(texts: list[str]) -> np.ndarray:
-        if len(texts) == 1:
-            response = handle.options(method_name="embed_one").remote(texts[0])
-            vectors = [await asyncio.wait_for(response, timeout_s)]
-        else:
-            response = handle.options(method_name="embed").remote(texts)
+        method = "embed_one" if len(texts) == 1 else "embed"
+        response = handle.options(method_name=method).remote(texts[0] if len(texts) == 1 else texts)
+        try:
             vectors = await asyncio.wait_for(response, timeout_s)
+        except (TimeoutError, asyncio.CancelledError):
+            response.cancel()
+            raise
+        if len(texts) == 1:
+            vectors = [vectors]
         return np.asarray(vectors, dtype=np.float32).reshape(len(texts), -1)
 
     return embed

@@ -31,13 +31,17 @@ from deployments.cache_group import ServeShardClient
 from deployments.embedder import make_remote_embed
 from deployments.llm_client import LLMPoolClient, await_response
 from llm import EngineDeadError, InvalidRequestError, LLMUnavailableError
-from llm.completions import CompletionRequest, CompletionsService
+from cache.config import TokenCacheConfig
+from llm.completions import CompletionsService
 from llm.fallback import FallbackConfig
-from rag.builder import build_llm, build_retrieval
+from llm.openai_api import ChatCompletionRequest, CompletionRequest
+from rag.builder import build_chat_context, build_llm, build_retrieval
+from rag.reuse import ReuseConfig
 from retrieval.config import RetrievalConfig
 from retrieval.exceptions import (CollectionNotFoundError, DocumentNotFoundError, InvalidCollectionNameError,
-                                  InvalidInputError, RetrievalError)
-from retrieval.models import DEFAULT_TOP_K, MAX_TOP_K, Document, WriteResult
+                                  InvalidInputError, JobNotFoundError, RetrievalError)
+from retrieval.jobs import IngestJobs
+from retrieval.models import DEFAULT_TOP_K, MAX_TOP_K, Document, IngestJob, WriteResult
 from routing.prefix_affinity import PrefixKeyConfig
 from tokenization import HuggingFaceTokenizer
 
@@ -51,6 +55,8 @@ RETRY_AFTER_S = 5  # hint sent with 503 answers; the pool usually recovers (repl
 API_KEY_ENV = "TCRAG_API_KEY"
 SESSION_ID_PATH = Path(min_length=1, max_length=128, pattern=SESSION_ID_PATTERN, description="Conversation id.")
 MAX_BODY_BYTES = 16 << 20  # above any valid request (an upsert of many large documents); see BodyLimit
+# The OpenAI routes answer a body that does not validate with 400, as vLLM's server (and OpenAI) do.
+OPENAI_ROUTES = frozenset({"/v1/completions", "/v1/chat/completions"})
 
 
 class GatewayConfig(BaseModel):
@@ -66,6 +72,10 @@ class GatewayConfig(BaseModel):
     agent_collections: dict[str, str] = Field(description="Agent name -> the collection it retrieves from.")
     protect_reads: bool = Field(default=False, description="Also require TCRAG_API_KEY on read routes.")
     llm_fallback: FallbackConfig | None = Field(default=None, description="Endpoint used when the pool is unavailable.")
+    max_model_len: int = Field(default=4096, gt=0, description="The engines' context length (/v1/models, budgets).")
+    token_cache: TokenCacheConfig | None = Field(
+        default=None, description="Token cache of the chat completions RAG hook (`collection`); None: no hook.")
+    reuse: ReuseConfig = Field(default_factory=ReuseConfig, description="Context order of the RAG hook.")
 
 
 class DocumentIn(BaseModel):
@@ -102,6 +112,7 @@ def _error(status: int, kind: str, message: str, field: str | None = None, heade
     body: dict[str, Any] = {"error": {"type": kind, "message": message}}
     if field is not None:
         body["error"]["field"] = field
+        body["error"]["param"] = field  # where OpenAI clients look for it (openai's APIError.param)
     return JSONResponse(status_code=status, content=body, headers=headers)
 
 
@@ -144,7 +155,8 @@ async def _validation_error(request: Request, exc: RequestValidationError) -> JS
     if errors[0].get("type") == "json_invalid":
         return _error(400, "invalid_json", f"request body is not valid JSON: {errors[0].get('msg')}", "body")
     field, message = _invalid_field(errors)
-    return _error(422, "invalid_request", f"{field}: {message}", field)
+    status = 400 if request is not None and request.url.path in OPENAI_ROUTES else 422
+    return _error(status, "invalid_request", f"{field}: {message}", field)
 
 
 # One table: which exception becomes which answer. Raised here or inside a deployment (then it arrives
@@ -155,6 +167,7 @@ _ERROR_TABLE: tuple[tuple[type[BaseException], int, str, bool], ...] = (
     (InvalidInputError, 400, "invalid_request", False),
     (CollectionNotFoundError, 404, "not_found", False),
     (DocumentNotFoundError, 404, "not_found", False),
+    (JobNotFoundError, 404, "not_found", False),
     # The pool (or its fallback) could not serve in time: tell the client when to come back.
     (LLMUnavailableError, 503, "unavailable", True),
     (EngineDeadError, 503, "unavailable", True),
@@ -312,9 +325,14 @@ def _info(info: Any) -> dict[str, Any]:
 
 
 def _write(result: WriteResult) -> dict[str, Any]:
-    return {"collection": result.collection, "version": result.version, "upserted": result.upserted_doc_ids,
-            "skipped": result.skipped_doc_ids, "changed_chunks": len(result.changed_chunks),
-            "removed_chunks": len(result.removed_chunks)}
+    return result.summary()
+
+
+def _job(job: IngestJob) -> dict[str, Any]:
+    return {"job": job.id, "status_url": f"/v1/jobs/{job.id}", "collection": job.collection,
+            "state": job.state.value, "documents": job.documents, "done": job.done, "total": job.total,
+            "error": job.error, "result": job.result, "created_at": job.created_at,
+            "started_at": job.started_at, "finished_at": job.finished_at}
 
 
 def _merge_agent_stats(entries: list[dict[str, Any]]) -> dict[str, Any]:
@@ -333,6 +351,13 @@ def _merge_agent_stats(entries: list[dict[str, Any]]) -> dict[str, Any]:
         "tiers": [e["tiers"] for e in entries],
         "warmup": [e["warmup"] for e in entries],
     }
+
+
+def _openai_answer(answer: Any) -> Any:
+    """A completions answer: its JSON, or its server-sent events."""
+    if isinstance(answer, dict):
+        return answer
+    return StreamingResponse(answer, media_type="text/event-stream")
 
 
 async def _guarded_stream(stream):
@@ -375,10 +400,19 @@ class Gateway:
         tokenizer = HuggingFaceTokenizer(config.model_path)
         self._pool = build_llm(LLMPoolClient(llm, timeout_s=config.request_timeout_s, prefix_key=config.prefix_key),
                                config.llm_fallback)
-        self._completions = CompletionsService(tokenizer=tokenizer, generate=self._pool.generate,
-                                               model_name=config.model_name)
         self._agents = agents
-        self._retrieval = build_retrieval(config.retrieval, tokenizer, make_remote_embed(embedder))
+        # The embedder call's own timeout is the batch timeout: either firing is reported as the batch's.
+        embed = make_remote_embed(embedder, timeout_s=config.retrieval.ingest.batch_timeout_s)
+        self._retrieval = build_retrieval(config.retrieval, tokenizer, embed)
+        self._ingest = IngestJobs(self._retrieval, on_done=self._invalidate_removed)
+        self._ingest.recover()  # jobs a previous run left unfinished are reported failed
+        chat_context = None
+        if config.token_cache is not None:
+            chat_context = build_chat_context(tokenizer=tokenizer, shards=self._shards, llm=self._pool,
+                                              retrieval=self._retrieval, token_cache=config.token_cache,
+                                              max_model_len=config.max_model_len, reuse=config.reuse)
+        self._completions = CompletionsService(tokenizer=tokenizer, llm=self._pool, model_name=config.model_name,
+                                               max_model_len=config.max_model_len, chat_context=chat_context)
         self._app_name = serve.get_replica_context().app_name
 
     # -- health and models
@@ -400,7 +434,12 @@ class Gateway:
 
     @app.post("/v1/completions", dependencies=[Depends(_require_key_for_reads)])
     async def completions(self, body: CompletionRequest) -> Any:
-        return await self._completions.complete(body)
+        return _openai_answer(await self._completions.complete(body))
+
+    @app.post("/v1/chat/completions", dependencies=[Depends(_require_key_for_reads)])
+    async def chat_completions(self, body: ChatCompletionRequest) -> Any:
+        with _collection_from("collection"):
+            return _openai_answer(await self._completions.chat(body))
 
     # -- agents
 
@@ -440,12 +479,16 @@ class Gateway:
             for h in hits]}
 
     @app.put("/v1/collections/{name}/documents", dependencies=[Depends(_require_key)])
-    async def upsert_documents(self, name: str, body: UpsertDocumentsBody) -> dict[str, Any]:
+    async def upsert_documents(self, name: str, body: UpsertDocumentsBody) -> Any:
+        """200 with the write when it is small; 202 with a job to follow when it has more chunks to embed
+        than `retrieval.settings.ingest.job_threshold_chunks` (the collection switches when the job is done)."""
         docs = [Document(id=d.id, text=d.text, metadata=d.metadata) for d in body.documents]
         with _collection_from("name"):
-            result = await self._retrieval.upsert(name, docs)
-        await self._invalidate_removed(result)
-        return _write(result)
+            outcome = await self._ingest.submit(name, docs)
+        if isinstance(outcome, IngestJob):
+            return JSONResponse(status_code=202, content=_job(outcome))
+        await self._invalidate_removed(outcome)
+        return _write(outcome)
 
     @app.delete("/v1/collections/{name}/documents/{doc_id}", dependencies=[Depends(_require_key)])
     async def delete_document(self, name: str, doc_id: str) -> dict[str, Any]:
@@ -453,6 +496,11 @@ class Gateway:
             result = await self._retrieval.delete(name, doc_id)
         await self._invalidate_removed(result)
         return _write(result)
+
+    @app.get("/v1/jobs/{job_id}", dependencies=[Depends(_require_key_for_reads)])
+    async def get_job(self, job_id: str) -> dict[str, Any]:
+        """An ingestion job: `state` (queued, running, done, failed), `done`/`total` chunks, `error`."""
+        return _job(await self._ingest.get(job_id))
 
     async def _invalidate_removed(self, result: WriteResult) -> None:
         """Drop token-cache entries of replaced or deleted chunks from every tier of every agent.

@@ -71,22 +71,34 @@ class LLMPoolClient:
         raise LLMUnavailableError(f"the LLM pool lost the request's replica: {last_err}") from last_err
 
     async def generate_stream(self, request: GenerateRequest) -> AsyncIterator[StreamDelta]:
-        """Stream deltas; each delta must arrive within the timeout (a stalled stream is cancelled)."""
+        """Stream deltas; each delta must arrive within the timeout (a stalled stream is cancelled).
+
+        A caller that stops reading before the final delta (a stop string matched) closes this generator:
+        the replica's call is cancelled then, which aborts the request in its engine."""
         stream = self._handle_for(request).options(stream=True).generate_stream.remote(request)
         iterator = stream.__aiter__()
-        while True:
-            try:
-                delta = await asyncio.wait_for(iterator.__anext__(), timeout=self._timeout_s)
-            except StopAsyncIteration:
-                return
-            except TimeoutError as err:
+        done = False
+        try:
+            while True:
+                try:
+                    delta = await asyncio.wait_for(iterator.__anext__(), timeout=self._timeout_s)
+                except StopAsyncIteration:
+                    done = True
+                    return
+                except TimeoutError as err:
+                    raise LLMUnavailableError(f"the LLM pool stalled for {self._timeout_s:.0f} s") from err
+                except RayTaskError as err:
+                    done = True
+                    raise _unwrap(err) from err
+                except (*_REPLICA_LOST, BackPressureError, DeploymentUnavailableError) as err:
+                    done = True
+                    raise LLMUnavailableError(f"the LLM pool failed mid-stream: {err}") from err
+                if delta.result is not None:
+                    done = True
+                yield delta
+        finally:
+            if not done:
                 stream.cancel()
-                raise LLMUnavailableError(f"the LLM pool stalled for {self._timeout_s:.0f} s") from err
-            except RayTaskError as err:
-                raise _unwrap(err) from err
-            except (*_REPLICA_LOST, BackPressureError, DeploymentUnavailableError) as err:
-                raise LLMUnavailableError(f"the LLM pool failed mid-stream: {err}") from err
-            yield delta
 
 
 def _unwrap(err: RayTaskError) -> BaseException:

@@ -9,17 +9,39 @@ from __future__ import annotations
 
 import logging
 import os
+import uuid
 from collections.abc import AsyncIterator
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
 from ray.util import metrics
 
-from llm import EngineConfig, GenerateRequest, GenerateResult, LLMServer, StreamDelta, VLLMEngine, read_eos_token_ids
+from llm import (
+    EngineConfig,
+    GenerateRequest,
+    GenerateResult,
+    KVEventsPublishing,
+    LLMServer,
+    StreamDelta,
+    VLLMEngine,
+    read_eos_token_ids,
+)
 
-__all__ = ["LLMReplicaConfig", "LLMReplica"]
+__all__ = ["KVEventsArgs", "LLMReplicaConfig", "LLMReplica"]
 
 logger = logging.getLogger(__name__)
+
+
+class KVEventsArgs(BaseModel):
+    """Whether and where each replica's engine publishes its KV-cache events (issue 15; read by the router
+    when its ``kv_routing`` is on, see deployments/kv_subscriber.py). Each replica binds two TCP ports on its node,
+    ``base_port + 2 * local_rank`` (events) and the next one (replay)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    enabled: bool = Field(default=False, description="Publish KV events over ZMQ from every LLM replica.")
+    base_port: int = Field(default=25600, ge=1024, le=65000, description="First port; two per replica on a node.")
 
 
 class LLMReplicaConfig(BaseModel):
@@ -32,6 +54,9 @@ class LLMReplicaConfig(BaseModel):
         default=True,
         description="Pin each replica's OpenMP threads to core (local_rank mod cores) so that two CPU "
         "engines on one machine do not fight over the same core. Ignored on GPU machines.",
+    )
+    kv_events: KVEventsArgs = Field(
+        default_factory=KVEventsArgs, description="Publish the engine's KV-cache events (off by default)."
     )
 
 
@@ -89,8 +114,10 @@ class LLMReplica:
         if config.bind_cores and not _has_gpu():
             _bind_threads(context.rank.local_rank)
         engine_config = config.engine
+        kv_events = _kv_events_publishing(config.kv_events, context)
+        self._kv_endpoints = None if kv_events is None else _kv_endpoints(config.kv_events, context, kv_events.topic)
         self._server = LLMServer(
-            engine_factory=lambda: VLLMEngine(engine_config),
+            engine_factory=lambda: VLLMEngine(engine_config, kv_events),
             max_model_len=engine_config.max_model_len,
             eos_token_ids=read_eos_token_ids(engine_config.model),
             replica_id=context.replica_id.unique_id,
@@ -120,10 +147,43 @@ class LLMReplica:
     async def check_health(self) -> None:
         await self._server.check_health()
 
+    def record_routing_stats(self) -> dict[str, object]:
+        """Polled by Ray Serve and handed to every router as ``RunningReplica.routing_stats``: where this
+        replica publishes its KV events, when it does (``deployments.prefix_router``'s KV routing)."""
+        return {"kv_events": self._kv_endpoints} if self._kv_endpoints else {}
+
+    def kv_endpoints(self) -> dict[str, str] | None:
+        """Where this replica's engine publishes KV events (``endpoint``, ``replay_endpoint``, ``topic``),
+        for a subscriber; None when publishing is off."""
+        return self._kv_endpoints
+
     def __del__(self) -> None:
         server = getattr(self, "_server", None)
         if server is not None:
             server.shutdown()
+
+
+def _kv_ports(args: KVEventsArgs, local_rank: int) -> tuple[int, int]:
+    port = args.base_port + 2 * local_rank
+    return port, port + 1
+
+
+def _kv_events_publishing(args: KVEventsArgs, context: Any) -> KVEventsPublishing | None:
+    """The engine's publisher settings for this replica, or None when KV events are off. The topic
+    carries the replica id and a nonce per engine start, so a restarted engine is told apart."""
+    if not args.enabled:
+        return None
+    port, replay_port = _kv_ports(args, context.rank.local_rank)
+    topic = f"kv@{context.replica_id.unique_id}@{uuid.uuid4().hex[:12]}"
+    return KVEventsPublishing(f"tcp://*:{port}", f"tcp://*:{replay_port}", topic)
+
+
+def _kv_endpoints(args: KVEventsArgs, context: Any, topic: str) -> dict[str, str]:
+    import ray
+
+    ip = ray.util.get_node_ip_address()
+    port, replay_port = _kv_ports(args, context.rank.local_rank)
+    return {"endpoint": f"tcp://{ip}:{port}", "replay_endpoint": f"tcp://{ip}:{replay_port}", "topic": topic}
 
 
 def _has_gpu() -> bool:

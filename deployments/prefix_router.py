@@ -8,7 +8,13 @@ Configure it on the LLM deployment (``serve_config.yaml``)::
 
     request_router_config:
       request_router_class: deployments.prefix_router:PrefixAffinityRouter
-      request_router_kwargs: {load_factor: 2.0, block_size: 16, max_blocks: 64, vnodes: 128}
+      request_router_kwargs: {load_factor: 2.0, block_size: 16, max_blocks: 64, vnodes: 128,
+                              kv_routing: {enabled: false}}
+
+With ``kv_routing.enabled`` (and ``llm.kv_events.enabled`` on the replicas) the decision is
+``routing.kv_policy.KVAwarePolicy``'s instead: the replicas' KV events, read by a subscriber per router
+process (``deployments/kv_subscriber.py``), say which blocks each holds; it falls back to the affinity
+policy while the index is cold. Not yet run in a live app.
 
 One router instance runs in every process that holds a handle to the LLM deployment (each agent
 replica, the gateway, the proxy); they agree on the owner of a key without talking to each other
@@ -17,21 +23,43 @@ because the ring is a pure function of the replica ids, which every router gets 
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from collections import OrderedDict
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from ray.serve.request_router import PendingRequest, ReplicaID, RequestRouter, RunningReplica
 from ray.util import metrics
 
-from routing.prefix_affinity import DEFAULT_LOAD_FACTOR, PrefixAffinityPolicy, PrefixKeyConfig, extract_prompt_tokens
+from deployments.kv_subscriber import KVEventSubscriber, ReplicaEndpoints
+from routing.kv_index import KVBlockIndex
+from routing.kv_policy import KVAwarePolicy, KVPolicyConfig, LoadTracker
+from routing.prefix_affinity import (
+    DEFAULT_LOAD_FACTOR,
+    PrefixAffinityPolicy,
+    PrefixKeyConfig,
+    PromptTokens,
+    extract_prompt_tokens,
+)
 
 if TYPE_CHECKING:
     from ray.serve._private.replica_result import ReplicaResult
 
-__all__ = ["PrefixAffinityRouter", "PrefixRouterConfig"]
+__all__ = ["KVRoutingArgs", "PrefixAffinityRouter", "PrefixRouterConfig"]
 
 logger = logging.getLogger(__name__)
+
+
+class KVRoutingArgs(BaseModel):
+    """Route by the replicas' KV-cache events (issue 15). Needs ``llm.kv_events.enabled`` on the replicas;
+    off by default, and without events the decision stays the affinity policy's."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    enabled: bool = Field(default=False, description="Score replicas by the KV blocks their events report.")
+    policy: KVPolicyConfig = Field(default_factory=KVPolicyConfig, description="Scoring knobs (routing.kv_policy).")
+    replay_timeout_s: float = Field(default=1.0, gt=0, description="Wait for a replica's replay answer.")
 
 
 class PrefixRouterConfig(PrefixKeyConfig):
@@ -49,6 +77,53 @@ class PrefixRouterConfig(PrefixKeyConfig):
         description="c in the load bound ceil(c * (in_flight + 1) / replicas); 1.0 is strict balance.",
     )
     vnodes: int = Field(default=128, ge=1, description="Virtual nodes per replica on the hash ring.")
+    kv_routing: KVRoutingArgs = Field(default_factory=KVRoutingArgs, description="KV-event routing (off by default).")
+
+
+class _KVRouting:
+    """The router's KV-event state: index, subscriber, this router's load estimates, the policy.
+
+    Each router process keeps its own (they agree only through the events, which every router sees).
+    Loads count the requests this router placed, from routing to completion (Ray reports no first
+    token to routers, so a decoding request still counts its prefill): an estimate, not the truth.
+    """
+
+    _MAX_MEMO = 10_000
+
+    def __init__(self, config: PrefixRouterConfig, fallback: PrefixAffinityPolicy) -> None:
+        self.index = KVBlockIndex()
+        self.tracker = LoadTracker()
+        self.policy = KVAwarePolicy(self.index, fallback, config.kv_routing.policy,
+                                    fallback_key_block_size=config.block_size,
+                                    fallback_key_max_blocks=config.max_blocks)
+        self._replay_timeout_s = config.kv_routing.replay_timeout_s
+        self.subscriber: KVEventSubscriber | None = None
+        self._task: asyncio.Task[None] | None = None
+        # internal request id -> (prefill tokens, decode tokens, reason), from choose to on_request_routed
+        self.memo: OrderedDict[str, tuple[int, int, str]] = OrderedDict()
+
+    def sync(self, replicas: list[RunningReplica], running: set[str]) -> None:
+        """Connect to the candidates' publishers as ``record_routing_stats`` reveals them, and drop the
+        replicas no longer ``running`` (on the router's loop)."""
+        if self.subscriber is None or self._task is None or self._task.done():
+            self.subscriber = self.subscriber or KVEventSubscriber(self.index, self._replay_timeout_s)
+            self._task = asyncio.get_running_loop().create_task(self.subscriber.run())
+        for replica in replicas:
+            rid = replica.replica_id.unique_id
+            stats = getattr(replica, "routing_stats", None) or {}
+            endpoints = stats.get("kv_events") if isinstance(stats, dict) else None
+            if isinstance(endpoints, dict) and endpoints.get("endpoint"):
+                self.subscriber.connect(rid, ReplicaEndpoints(endpoints["endpoint"], endpoints.get("replay_endpoint")))
+        for rid in self.subscriber.connected():
+            if rid not in running:
+                self.subscriber.disconnect(rid)
+                self.tracker.remove_replica(rid)
+
+    def remember(self, request_id: str, prefill_tokens: int, decode_tokens: int, reason: str) -> None:
+        self.memo[request_id] = (prefill_tokens, decode_tokens, reason)
+        self.memo.move_to_end(request_id)
+        while len(self.memo) > self._MAX_MEMO:  # requests cancelled before routing never come back
+            self.memo.popitem(last=False)
 
 
 class PrefixAffinityRouter(RequestRouter):
@@ -64,6 +139,7 @@ class PrefixAffinityRouter(RequestRouter):
         super().__init__(*args, **kwargs)
         self._config = PrefixRouterConfig()
         self._policy = PrefixAffinityPolicy(self._config.load_factor, self._config.vnodes)
+        self._kv: _KVRouting | None = None
         self._routed_counter = metrics.Counter(
             "tcrag_prefix_router_requests_routed",
             description="LLM requests placed by the prefix-affinity router, by replica and reason.",
@@ -77,21 +153,25 @@ class PrefixAffinityRouter(RequestRouter):
         except ValidationError as err:
             raise ValueError(f"invalid request_router_kwargs for PrefixAffinityRouter: {err}") from err
         self._policy = PrefixAffinityPolicy(self._config.load_factor, self._config.vnodes)
+        self._kv = _KVRouting(self._config, self._policy) if self._config.kv_routing.enabled else None
         logger.info("PrefixAffinityRouter for %s: %s", self._deployment_id, self._config)
 
-    def _request_key(self, pending_request: PendingRequest | None) -> str | None:
-        """The prefix key of the request's prompt, or None when it has none or is not recognised.
-
-        Serve resolves ``DeploymentResponse`` arguments before routing, so ``args[0]`` is the plain
-        request object the LLM deployment's ``generate(request)`` will receive.
-        """
+    @staticmethod
+    def _request(pending_request: PendingRequest | None) -> Any:
+        """The request object the LLM deployment's ``generate(request)`` will receive: Serve resolves
+        ``DeploymentResponse`` arguments before routing, so it is ``args[0]``."""
         if pending_request is None:
             return None
         if pending_request.args:
-            request = pending_request.args[0]
-        else:
-            request = pending_request.kwargs.get("request")
-        prompt = extract_prompt_tokens(request)
+            return pending_request.args[0]
+        return pending_request.kwargs.get("request")
+
+    def _prompt(self, pending_request: PendingRequest | None) -> PromptTokens | None:
+        return extract_prompt_tokens(self._request(pending_request))
+
+    def _request_key(self, pending_request: PendingRequest | None) -> str | None:
+        """The prefix key of the request's prompt, or None when it has none or is not recognised."""
+        prompt = self._prompt(pending_request)
         if prompt is None:
             return None
         try:
@@ -151,10 +231,21 @@ class PrefixAffinityRouter(RequestRouter):
         by_id = {replica.replica_id.unique_id: replica for replica in candidate_replicas}
         key = self._request_key(pending_request)
         lengths = await self._queue_lengths(candidate_replicas)
-        decision = self._policy.choose(list(by_id), key, lengths)
+        prompt = self._prompt(pending_request) if self._kv is not None else None
+        if self._kv is not None and prompt is not None and pending_request is not None:
+            # Reads the index as it is now; the subscriber updates it in the background.
+            self._kv.sync(candidate_replicas, set(by_id) | set(self._replicas_by_unique_id()))
+            kv_decision = self._kv.policy.choose(list(by_id), prompt, self._kv.tracker.loads(), lengths)
+            max_tokens = getattr(self._request(pending_request), "max_tokens", None)
+            self._kv.remember(pending_request.metadata.internal_request_id,
+                              max(1, len(prompt.token_ids) - kv_decision.matched_tokens),
+                              max_tokens if isinstance(max_tokens, int) else 0, kv_decision.reason)
+            chosen_id = kv_decision.replica_id
+        else:
+            chosen_id = self._policy.choose(list(by_id), key, lengths).replica_id
 
-        chosen = by_id[decision.replica_id]
-        others = [replica for rid, replica in by_id.items() if rid != decision.replica_id]
+        chosen = by_id[chosen_id]
+        others = [replica for rid, replica in by_id.items() if rid != chosen_id]
         if not others or (key is not None and first_attempt):
             # First attempt: the chosen replica alone. Ray skips a replica whose queue-length probe
             # misses its 0.1 s deadline (a cold or CPU-starved replica), and with the other replicas
@@ -178,8 +269,15 @@ class PrefixAffinityRouter(RequestRouter):
         Under Ray Client, where the rejection protocol is off, Ray does not call this hook and the
         counter stays at zero.
         """
-        key = self._request_key(pending_request)
         replica = replica_id.unique_id
+        if self._kv is not None:
+            memo = self._kv.memo.pop(pending_request.metadata.internal_request_id, None)
+            if memo is not None:
+                prefill, decode, kv_reason = memo
+                self._kv.tracker.routed(pending_request.metadata.internal_request_id, replica, prefill, decode)
+                self._routed_counter.inc(tags={"replica": replica, "reason": kv_reason})
+                return
+        key = self._request_key(pending_request)
         if key is None:
             reason = "no_key"
         elif self._policy.owner(list(self._replicas_by_unique_id()), key) == replica:
@@ -189,6 +287,11 @@ class PrefixAffinityRouter(RequestRouter):
             # max_ongoing_requests or did not answer its probe.
             reason = "overflow"
         self._routed_counter.inc(tags={"replica": replica, "reason": reason})
+
+    def on_request_completed(self, replica_id: ReplicaID, internal_request_id: str) -> None:
+        """Ray calls this when a request finished (or failed): its work leaves the replica's load."""
+        if self._kv is not None:
+            self._kv.tracker.finished(internal_request_id)
 
     def _replicas_by_unique_id(self) -> dict[str, RunningReplica]:
         return {replica_id.unique_id: r for replica_id, r in self.curr_replicas.items()}

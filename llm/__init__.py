@@ -1,6 +1,16 @@
-"""The LLM layer: engine adapter, replica logic and the values passed to and from replicas."""
+"""The LLM layer: engine adapter, replica logic, the values passed to and from replicas, and the OpenAI API
+(``llm.openai_api`` request bodies, ``llm.completions`` the service behind the OpenAI routes)."""
 
-from llm.engine import EngineConfig, EngineSettings, EngineStep, LLMServer, TokenEngine, VLLMEngine, read_eos_token_ids
+from llm.engine import (
+    EngineConfig,
+    EngineSettings,
+    EngineStep,
+    KVEventsPublishing,
+    LLMServer,
+    TokenEngine,
+    VLLMEngine,
+    read_eos_token_ids,
+)
 from llm.exceptions import (
     EngineDeadError,
     GenerationError,
@@ -8,7 +18,7 @@ from llm.exceptions import (
     LLMError,
     LLMUnavailableError,
 )
-from llm.types import GenerateRequest, GenerateResult, StreamDelta
+from llm.types import GenerateRequest, GenerateResult, StreamDelta, TokenLogprob
 
 __all__ = [
     "EngineConfig",
@@ -17,6 +27,7 @@ __all__ = [
     "LLMServer",
     "TokenEngine",
     "VLLMEngine",
+    "KVEventsPublishing",
     "read_eos_token_ids",
     "EngineDeadError",
     "GenerationError",
@@ -26,4 +37,5 @@ __all__ = [
     "GenerateRequest",
     "GenerateResult",
     "StreamDelta",
+    "TokenLogprob",
 ]

@@ -22,9 +22,12 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from llm.exceptions import EngineDeadError, GenerationError, InvalidRequestError
-from llm.types import GenerateRequest, GenerateResult, StreamDelta
+from llm.types import GenerateRequest, GenerateResult, StreamDelta, TokenLogprob
 
-__all__ = ["EngineConfig", "EngineSettings", "EngineStep", "TokenEngine", "VLLMEngine", "LLMServer", "read_eos_token_ids"]
+__all__ = [
+    "EngineConfig", "EngineSettings", "EngineStep", "KVEventsPublishing", "TokenEngine", "VLLMEngine", "LLMServer",
+    "read_eos_token_ids", "sampling_kwargs", "token_logprobs",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -67,6 +70,7 @@ class EngineStep:
     num_cached_tokens: int
     finished: bool
     finish_reason: str | None
+    logprobs: list[TokenLogprob] | None = None  # cumulative like token_ids, when the request asked for them
 
 
 class TokenEngine(abc.ABC):
@@ -86,12 +90,69 @@ class TokenEngine(abc.ABC):
     def shutdown(self) -> None: ...
 
 
+def sampling_kwargs(request: GenerateRequest) -> dict[str, Any]:
+    """vLLM ``SamplingParams`` keyword arguments for a request: every sampling field maps to the vLLM field
+    of the same name. ``detokenize=False``: the engine runs without a tokenizer; callers decode."""
+    return {
+        "max_tokens": request.max_tokens,
+        "temperature": request.temperature,
+        "top_p": request.top_p,
+        "top_k": request.top_k,
+        "min_p": request.min_p,
+        "presence_penalty": request.presence_penalty,
+        "frequency_penalty": request.frequency_penalty,
+        "repetition_penalty": request.repetition_penalty,
+        "min_tokens": request.min_tokens,
+        "ignore_eos": request.ignore_eos,
+        "stop_token_ids": list(request.stop_token_ids),
+        "seed": request.seed,
+        "logprobs": request.logprobs,
+        "detokenize": False,
+    }
+
+
+def token_logprobs(token_ids: list[int], positions: Any) -> list[TokenLogprob] | None:
+    """vLLM's per-position logprob dicts (``{token_id: Logprob}``, the sampled token first) as
+    ``TokenLogprob``s aligned with ``token_ids``; None when the engine returned none."""
+    if positions is None:
+        return None
+    out: list[TokenLogprob] = []
+    for token_id, position in zip(token_ids, positions):
+        entries = tuple((int(tid), float(lp.logprob)) for tid, lp in (position or {}).items())
+        sampled = next((lp for tid, lp in entries if tid == token_id), float("-inf"))
+        out.append(TokenLogprob(token_id=int(token_id), logprob=sampled, entries=entries))
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class KVEventsPublishing:
+    """Where an engine publishes its KV-cache events (vLLM's ZMQ publisher); see routing/kv_events.py.
+
+    ``endpoint`` and ``replay_endpoint`` with a ``*`` host bind (``tcp://*:PORT``); ``topic`` names the
+    replica and engine instance so that one subscriber can tell many engines apart."""
+
+    endpoint: str
+    replay_endpoint: str | None
+    topic: str
+
+
 class VLLMEngine(TokenEngine):
     """``AsyncLLM`` with the tokenizer skipped: prompts arrive as token IDs and leave as token IDs."""
 
-    def __init__(self, config: EngineConfig) -> None:
+    def __init__(self, config: EngineConfig, kv_events: KVEventsPublishing | None = None) -> None:
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
+
+        extra: dict[str, Any] = {}
+        if config.block_size:
+            extra["block_size"] = config.block_size
+        if kv_events is not None:
+            from vllm.config import KVEventsConfig
+
+            extra["kv_events_config"] = KVEventsConfig(
+                enable_kv_cache_events=True, publisher="zmq", endpoint=kv_events.endpoint,
+                replay_endpoint=kv_events.replay_endpoint, topic=kv_events.topic,
+            )
 
         args = AsyncEngineArgs(
             model=config.model,
@@ -104,7 +165,7 @@ class VLLMEngine(TokenEngine):
             kv_cache_memory_bytes=config.kv_cache_memory_bytes,
             max_num_seqs=config.max_num_seqs,
             seed=config.seed,
-            **({"block_size": config.block_size} if config.block_size else {}),
+            **extra,
         )
         self._engine = AsyncLLM.from_engine_args(args)
 
@@ -116,22 +177,17 @@ class VLLMEngine(TokenEngine):
         prompt: dict[str, Any] = {"prompt_token_ids": request.prompt_token_ids}
         if request.cache_salt:
             prompt["cache_salt"] = request.cache_salt
-        params = SamplingParams(
-            max_tokens=request.max_tokens,
-            temperature=request.temperature,
-            top_p=request.top_p,
-            stop_token_ids=list(request.stop_token_ids),
-            seed=request.seed,
-            detokenize=False,
-        )
+        params = SamplingParams(**sampling_kwargs(request))
         try:
             async for out in self._engine.generate(TokensPrompt(**prompt), params, request_id=request_id):
                 completion = out.outputs[0]
+                token_ids = list(completion.token_ids)
                 yield EngineStep(
-                    token_ids=list(completion.token_ids),
+                    token_ids=token_ids,
                     num_cached_tokens=out.num_cached_tokens or 0,
                     finished=out.finished,
                     finish_reason=completion.finish_reason,
+                    logprobs=token_logprobs(token_ids, completion.logprobs) if request.logprobs is not None else None,
                 )
         except VLLMEngineDeadError as err:
             raise EngineDeadError(str(err)) from err
@@ -206,12 +262,15 @@ class LLMServer:
             raise self._dead
         self._validate(request)
         request_id = request.request_id or uuid.uuid4().hex
-        stop_ids = list(dict.fromkeys([*request.stop_token_ids, *self._eos_token_ids]))
+        # The engine has no tokenizer, so it stops on EOS only through these (not with ignore_eos).
+        eos = [] if request.ignore_eos else self._eos_token_ids
+        stop_ids = list(dict.fromkeys([*request.stop_token_ids, *eos]))
         engine_request = dataclasses.replace(request, stop_token_ids=stop_ids, request_id=request_id)
         started = self._clock()
         first_token_at: float | None = None
         emitted = 0
         final_new: list[int] = []
+        final_logprobs: list[TokenLogprob] | None = None
         last: EngineStep | None = None
         finished = False
         try:
@@ -220,13 +279,14 @@ class LLMServer:
                 if first_token_at is None and step.token_ids:
                     first_token_at = self._clock()
                 new = step.token_ids[emitted:]
+                new_logprobs = step.logprobs[emitted:] if step.logprobs is not None else None
                 emitted = len(step.token_ids)
                 if step.finished:
                     finished = True
-                    final_new = new
+                    final_new, final_logprobs = new, new_logprobs
                     break
                 if new:
-                    yield StreamDelta(token_ids=new)
+                    yield StreamDelta(token_ids=new, logprobs=new_logprobs, num_cached_tokens=step.num_cached_tokens)
         except EngineDeadError as err:
             self._dead = err
             logger.error("engine dead on replica %s: %s", self._replica_id, err)
@@ -253,8 +313,10 @@ class LLMServer:
             ttft_s=(first_token_at or now) - started,
             total_s=now - started,
             replica_id=self._replica_id,
+            logprobs=list(last.logprobs) if last.logprobs is not None else None,
         )
-        yield StreamDelta(token_ids=final_new, result=result)
+        yield StreamDelta(token_ids=final_new, result=result, logprobs=final_logprobs,
+                          num_cached_tokens=last.num_cached_tokens)
 
     async def generate(self, request: GenerateRequest) -> GenerateResult:
         """Generate to completion and return the result."""

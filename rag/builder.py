@@ -20,7 +20,8 @@ from cache.shard import ShardClient
 from llm.fallback import FallbackConfig, build_fallback_llm
 from llm.prompt import ChatSegments, PromptAssembler, plain_prompt_ids
 from rag.agent_service import AgentService
-from rag.pipeline import LLMGenerator, TokenCachedRAG
+from rag.chat import RAGChatContext
+from rag.pipeline import LLMGenerator, SearchFn, TokenCachedRAG
 from rag.reuse import ReuseConfig
 from rag.sessions import SessionConfig, SessionStore
 from retrieval.config import RetrievalConfig
@@ -28,8 +29,8 @@ from retrieval.service import RetrievalService
 from routing.prefix_affinity import PrefixKeyConfig
 from tokenization import HuggingFaceTokenizer, TokenizerBackend
 
-__all__ = ["AgentPipelineConfig", "EmbedFn", "build_agent_service", "build_llm", "build_retrieval",
-           "build_session_store"]
+__all__ = ["AgentPipelineConfig", "EmbedFn", "build_agent_service", "build_chat_context", "build_llm", "build_pipeline",
+           "build_retrieval", "build_session_store"]
 
 EmbedFn = Callable[[list[str]], Awaitable[np.ndarray]]
 
@@ -67,6 +68,39 @@ def build_llm(pool: LLMGenerator, fallback: FallbackConfig | None) -> LLMGenerat
     return build_fallback_llm(pool, fallback)
 
 
+def build_pipeline(
+    name: str,
+    *,
+    tokenizer: HuggingFaceTokenizer,
+    shards: Sequence[ShardClient],
+    llm: LLMGenerator,
+    search: SearchFn,
+    token_cache: TokenCacheConfig,
+    max_model_len: int,
+    fallback: FallbackConfig | None = None,
+    sessions: SessionConfig | None = None,
+    reuse: ReuseConfig | None = None,
+) -> TokenCachedRAG:
+    """One ``TokenCachedRAG``: token cache (L0 + shard group + Redis), prompt assembly from the model's chat
+    template, the LLM pool; ``name`` labels its cache stats and logs (an agent's name, or ``chat``)."""
+    cache = TokenCache(tokenizer, list(shards), redis_tier_from_config(token_cache), token_cache, agent=name)
+    hf = tokenizer.tokenizer
+    eos = hf.eos_token_id
+    return TokenCachedRAG(
+        search=search,
+        token_cache=cache,
+        assembler=PromptAssembler(ChatSegments.from_hf_tokenizer(hf), tokenizer.encode, max_model_len),
+        llm=build_llm(llm, fallback),
+        encode=tokenizer.encode,
+        decode=tokenizer.decode,
+        plain_prompt_ids=lambda system, texts, user, history: plain_prompt_ids(hf, system, texts, user, history),
+        agent=name,
+        eos_token_ids=[] if eos is None else [eos],
+        sessions=sessions,
+        reuse=reuse,
+    )
+
+
 def build_agent_service(
     config: AgentPipelineConfig,
     *,
@@ -77,25 +111,29 @@ def build_agent_service(
 ) -> AgentService:
     """One agent's whole pipeline: retrieval, token cache (L0 + shard group + Redis), prompt assembly, LLM."""
     agent = agent_by_name(config.agent)()
-    token_cache = TokenCache(tokenizer, list(shards), redis_tier_from_config(config.token_cache), config.token_cache,
-                             agent=agent.name)
     retrieval = build_retrieval(config.retrieval, tokenizer, embed)
-    hf = tokenizer.tokenizer
-    eos = hf.eos_token_id
-    rag = TokenCachedRAG(
-        search=retrieval.search,
-        token_cache=token_cache,
-        assembler=PromptAssembler(ChatSegments.from_hf_tokenizer(hf), tokenizer.encode, config.max_model_len),
-        llm=build_llm(llm, config.llm_fallback),
-        encode=tokenizer.encode,
-        decode=tokenizer.decode,
-        plain_prompt_ids=lambda system, texts, user, history: plain_prompt_ids(hf, system, texts, user, history),
-        agent=agent.name,
-        eos_token_ids=[] if eos is None else [eos],
-        sessions=config.sessions,
-        reuse=config.reuse,
-    )
+    rag = build_pipeline(agent.name, tokenizer=tokenizer, shards=shards, llm=llm, search=retrieval.search,
+                         token_cache=config.token_cache, max_model_len=config.max_model_len,
+                         fallback=config.llm_fallback, sessions=config.sessions, reuse=config.reuse)
     return AgentService(agent, rag, retrieval, build_session_store(config), collection=config.collection)
+
+
+def build_chat_context(
+    *,
+    tokenizer: HuggingFaceTokenizer,
+    shards: Sequence[ShardClient],
+    llm: LLMGenerator,
+    retrieval: RetrievalService,
+    token_cache: TokenCacheConfig,
+    max_model_len: int,
+    reuse: ReuseConfig | None = None,
+) -> RAGChatContext:
+    """The chat completions route's RAG hook: a pipeline of its own (named ``chat``) on the gateway's
+    retrieval service, sharing the token cache's shard group and Redis with the agents. ``llm`` is only
+    a placeholder there: the route sends the assembled prompt to the pool itself."""
+    rag = build_pipeline("chat", tokenizer=tokenizer, shards=shards, llm=llm, search=retrieval.search,
+                         token_cache=token_cache, max_model_len=max_model_len, reuse=reuse)
+    return RAGChatContext(rag)
 
 
 def build_session_store(config: AgentPipelineConfig) -> SessionStore:

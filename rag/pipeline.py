@@ -46,7 +46,7 @@ from rag.reuse import ContextPlan, ReuseConfig, ReusePlanner
 from rag.sessions import SessionConfig, SessionTurn
 from retrieval.models import Chunk, SearchHit
 
-__all__ = ["LLMGenerator", "TokenCachedRAG", "RAGRequest", "RAGResult", "chunk_segment_text"]
+__all__ = ["LLMGenerator", "PreparedRequest", "TokenCachedRAG", "RAGRequest", "RAGResult", "chunk_segment_text"]
 
 logger = logging.getLogger(__name__)
 
@@ -86,6 +86,9 @@ class RAGRequest:
     prefix_cache: bool = True
     cache_salt: str | None = None
     history: tuple[SessionTurn, ...] = ()  # earlier turns of the conversation, oldest first
+    # Earlier (user, assistant) texts of a conversation the client keeps itself (chat completions): placed
+    # between the context and the user message, all of them, as the agents place a session's kept turns.
+    turns: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(slots=True)
@@ -118,7 +121,9 @@ class RAGResult:
 
 
 @dataclass(frozen=True, slots=True)
-class _Prepared:
+class PreparedRequest:
+    """A request ready for the pool: the ``GenerateRequest`` and what the answer reports about it."""
+
     request: GenerateRequest
     sources: list[SearchHit]
     lookup: TokenLookup | None
@@ -217,7 +222,10 @@ class TokenCachedRAG:
         return ChunkRef(collection=chunk.collection, doc_id=chunk.doc_id, chunk_id=chunk.chunk_id,
                         text=chunk_segment_text(chunk))
 
-    async def _prepare(self, request: RAGRequest) -> _Prepared:
+    async def prepare(self, request: RAGRequest) -> PreparedRequest:
+        """Retrieve, fetch the chunks' token IDs and assemble the prompt, without generating: ``run`` and
+        ``run_stream`` send the result to the pool; the chat completions route sends it with its own
+        sampling fields."""
         started = self._clock()
         hits = list(await self._search(request.collection, request.retrieval_query, request.top_k))
         retrieved = self._clock()
@@ -226,7 +234,7 @@ class TokenCachedRAG:
             prompt_ids, dropped = await asyncio.to_thread(self._plain_prompt, request, hits)
             generate = GenerateRequest(prompt_token_ids=prompt_ids, max_tokens=request.max_tokens,
                                        temperature=request.temperature, cache_salt=salt)
-            return _Prepared(generate, hits, None, (retrieved - started) * 1e3, (self._clock() - retrieved) * 1e3,
+            return PreparedRequest(generate, hits, None, (retrieved - started) * 1e3, (self._clock() - retrieved) * 1e3,
                              dropped_turns=dropped)
         ordered = [hits[i] for i in canonical_order([(h.chunk.doc_id, h.chunk.position) for h in hits])]
         user_ids = self._encode(request.user_message)
@@ -237,7 +245,7 @@ class TokenCachedRAG:
             prompt = await self._fresh(request, ordered, user_ids)
         generate = GenerateRequest(prompt_token_ids=prompt.token_ids, max_tokens=request.max_tokens,
                                    temperature=request.temperature, prefix_len=prompt.prefix_len, cache_salt=salt)
-        return _Prepared(generate, prompt.sources, prompt.lookup, (retrieved - started) * 1e3,
+        return PreparedRequest(generate, prompt.sources, prompt.lookup, (retrieved - started) * 1e3,
                          (self._clock() - retrieved) * 1e3, prompt.user_ids, prompt.dropped_turns,
                          history_rebuilt=bool(request.history) and not prompt.extended)
 
@@ -298,7 +306,10 @@ class TokenCachedRAG:
         floor = min((h.score for h in ordered), default=0.0) - 1.0
         extra = {h.chunk_id for h in plan.extra}
         scores = [floor if h.chunk_id in extra else h.score for h in context]
-        turns = self._kept_turns(request.history)
+        if request.turns:
+            turns = [(self._encode(user), self._encode(answer)) for user, answer in request.turns]
+        else:
+            turns = self._kept_turns(request.history)
         prompt = self._assembler.assemble(request.system_prompt, lookup.token_ids, scores, user_ids,
                                           request.max_tokens, turns)
         # Chunks dropped for length are not sources: report only what the model saw, in prompt order.
@@ -306,7 +317,7 @@ class TokenCachedRAG:
         if planner is not None:  # without KV reuse (a fresh salt) no order can pay off later
             planner.record(kept)
         return _Prompt(prompt.token_ids, prompt.prefix_len, kept, lookup, list(user_ids),
-                       len(request.history) - len(turns))
+                       0 if request.turns else len(request.history) - len(turns))
 
     def _planner(self, salt: str | None) -> ReusePlanner[SearchHit]:
         """The reuse planner of one KV namespace; the least recently used namespace goes past the bound."""
@@ -332,7 +343,7 @@ class TokenCachedRAG:
             budget -= size
         return kept[::-1]
 
-    def _finish(self, prepared: _Prepared, result: GenerateResult, started: float, first_token_at: float | None) -> RAGResult:
+    def _finish(self, prepared: PreparedRequest, result: GenerateResult, started: float, first_token_at: float | None) -> RAGResult:
         now = self._clock()
         pre_ms = prepared.retrieve_ms + prepared.tokens_ms
         if first_token_at is not None:
@@ -373,14 +384,14 @@ class TokenCachedRAG:
     async def run(self, request: RAGRequest) -> RAGResult:
         """Serve one request to completion."""
         started = self._clock()
-        prepared = await self._prepare(request)
+        prepared = await self.prepare(request)
         result = await self._llm.generate(prepared.request)
         return self._finish(prepared, result, started, None)
 
     async def run_stream(self, request: RAGRequest) -> AsyncIterator[list[int] | RAGResult]:
         """Yield lists of new output token IDs as they come, then the finished ``RAGResult``."""
         started = self._clock()
-        prepared = await self._prepare(request)
+        prepared = await self.prepare(request)
         first_token_at: float | None = None
         async for delta in self._llm.generate_stream(prepared.request):
             if delta.token_ids and first_token_at is None:

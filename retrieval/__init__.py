@@ -7,8 +7,11 @@ nothing, so that `retrieval.models` stays cheap for the layers above):
 - `retrieval.models`: the values (Document, Chunk, SearchHit, CollectionInfo, WriteResult, StoreLimits,
   ...), the validators, `content_hash`, the top_k bounds. The only module `agents/` may import.
 - `retrieval.store`: `CollectionStore`, the SQLite (WAL) source of truth.
-- `retrieval.config`: `RetrievalConfig` (paths, chunk sizes, top_k limits, write limits), `EmbedderConfig`.
+- `retrieval.config`: `RetrievalConfig` (paths, chunk sizes, top_k limits, write limits, `IngestConfig`),
+  `EmbedderConfig`.
 - `retrieval.service`: `RetrievalService` (store + per-collection index + async embedder).
+- `retrieval.batching`: `BatchEmbedder` (a write's chunks in bounded batches, timeout per attempt, retry).
+- `retrieval.jobs`: `IngestJobs` (writes too large for one request run as jobs recorded in the store).
 - `retrieval.index`: `VectorIndex`, `ExactCosineIndex`.
 - `retrieval.chunker`, `retrieval.tokens`: chunking in served-model tokens.
 - `retrieval.embedder`: `Embedder`, `SentenceTransformerEmbedder` (heavy import deferred).

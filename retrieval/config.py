@@ -18,7 +18,35 @@ from retrieval.models import DEFAULT_TOP_K, MAX_TOP_K, StoreLimits
 from retrieval.store import CollectionStore
 from settings.paths import default_store_path, repo_data_dir
 
-__all__ = ["EmbedderConfig", "RetrievalConfig"]
+__all__ = ["EmbedderConfig", "IngestConfig", "RetrievalConfig"]
+
+
+class IngestConfig(BaseModel):
+    """How writes embed their chunks, and when a write runs as a job instead of within its request.
+
+    Measured on this machine class (2 cores, all-MiniLM-L6-v2 in the shared embedder deployment): ~11
+    chunks/s idle, so a batch of 32 takes ~3 s idle and several times that beside two busy vLLM engines.
+    The 60 s timeout leaves that margin; a batch that still exceeds it is retried, then the write fails
+    with an error naming the batch. Bounded batches also keep agents' query embeddings, which share the
+    embedder, from waiting behind one huge call.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    batch_size: int = Field(32, gt=0, description="Chunks embedded per embedder call.")
+    batch_timeout_s: float = Field(60.0, gt=0, description="Longest wait for one batch's embeddings, per attempt.")
+    batch_retries: int = Field(1, ge=0, description="Extra attempts of a batch that failed or timed out.")
+    job_threshold_chunks: int = Field(
+        64, ge=0,
+        description="A write with more chunks to embed than this answers 202 and runs as a job "
+        "(GET /v1/jobs/{id}); smaller writes answer 200 when done. Unchanged chunks reuse stored vectors "
+        "and do not count.",
+    )
+    max_running_jobs: int = Field(1, ge=1, description="Jobs embedding at once per gateway replica; others queue.")
+    finished_job_ttl_s: float = Field(
+        7 * 86_400.0, gt=0, description="How long a done or failed job stays readable (GET /v1/jobs/{id}); older "
+        "records are dropped when a gateway starts.",
+    )
 
 
 class RetrievalConfig(BaseModel):
@@ -43,6 +71,7 @@ class RetrievalConfig(BaseModel):
         description=f"Largest top_k a search may ask for (at most {MAX_TOP_K}, the HTTP request schema's bound).",
     )
     limits: StoreLimits = Field(default_factory=StoreLimits, description="Input limits on writes.")
+    ingest: IngestConfig = Field(default_factory=IngestConfig, description="Embedding batches and ingestion jobs.")
 
     @model_validator(mode="after")
     def _check_sizes(self) -> RetrievalConfig:

@@ -15,6 +15,9 @@ __all__ = [
     "CollectionNotFoundError",
     "DocumentNotFoundError",
     "EmbeddingError",
+    "EmbeddingTimeoutError",
+    "JobNotFoundError",
+    "JobInterruptedError",
     "StoreWriteError",
 ]
 
@@ -80,6 +83,34 @@ class DocumentNotFoundError(RetrievalError, KeyError):
 class EmbeddingError(RetrievalError):
     """Raised when the embedder fails or returns vectors of the wrong shape. Raised before any write
     starts, so the store is untouched; a retry may help if the embedder was transiently unavailable."""
+
+
+class EmbeddingTimeoutError(EmbeddingError):
+    """Raised when one batch of a write's chunks got no embeddings within `IngestConfig.batch_timeout_s`,
+    on every attempt; the message names the batch, its size and the timeout. Nothing was written. A retry
+    helps once the embedder is less busy; a smaller `batch_size` or a longer `batch_timeout_s` avoids it."""
+
+
+class JobNotFoundError(RetrievalError, KeyError):
+    """Raised when no ingestion job has the requested id (never created, or in another store). `field`
+    names the request field that held the id. Retrying does not help."""
+
+    def __init__(self, job_id: str, field: str = "job_id") -> None:
+        super().__init__(job_id)
+        self.job_id = job_id
+        self.field = field
+
+    def __reduce__(self):
+        return (type(self), (self.job_id, self.field))
+
+    def __str__(self) -> str:
+        return f"{self.field}: no ingestion job {self.job_id!r}"
+
+
+class JobInterruptedError(RetrievalError):
+    """Raised inside an ingestion job when its record is no longer running under this owner (it was
+    reported failed, e.g. as interrupted by a restart). The job stops; nothing of it was written, so the
+    previous version of the collection stays served. Submitting the documents again is the retry."""
 
 
 class StoreWriteError(RetrievalError):

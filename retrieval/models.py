@@ -12,6 +12,7 @@ import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
 
 import numpy as np
@@ -28,6 +29,8 @@ __all__ = [
     "CollectionInfo",
     "CollectionSnapshot",
     "Document",
+    "IngestJob",
+    "JobState",
     "PreparedDoc",
     "PreparedUpsert",
     "SearchHit",
@@ -141,6 +144,45 @@ class WriteResult:
     changed_chunks: list[Chunk]
     removed_chunks: list[Chunk]
     skipped_doc_ids: list[str] = field(default_factory=list)
+
+    def summary(self) -> dict[str, Any]:
+        """The write as the HTTP API reports it (the PUT's 200 body, a done job's `result`)."""
+        return {"collection": self.collection, "version": self.version, "upserted": list(self.upserted_doc_ids),
+                "skipped": list(self.skipped_doc_ids), "changed_chunks": len(self.changed_chunks),
+                "removed_chunks": len(self.removed_chunks)}
+
+
+class JobState(StrEnum):
+    """Where an ingestion job is: waiting for a slot, embedding, switched in, or given up."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+
+    @property
+    def finished(self) -> bool:
+        return self in (JobState.DONE, JobState.FAILED)
+
+
+@dataclass(frozen=True, slots=True)
+class IngestJob:
+    """An ingestion job as recorded in the store. `done`/`total` count chunks to embed; `owner` names
+    the process running it (``host:pid:token``), so that a restart can tell its jobs were interrupted;
+    `result` is the write's `WriteResult.summary()` once done; timestamps are Unix seconds."""
+
+    id: str
+    collection: str
+    state: JobState
+    owner: str
+    documents: int
+    done: int
+    total: int
+    error: str | None
+    result: dict[str, Any] | None
+    created_at: float
+    started_at: float | None
+    finished_at: float | None
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from retrieval.config import RetrievalConfig
+from retrieval.batching import AsyncEmbed, BatchEmbedder, describe_error
+from retrieval.config import IngestConfig, RetrievalConfig
 from retrieval.exceptions import EmbeddingError, InvalidInputError
 from retrieval.index import ExactCosineIndex, VectorIndex
 from retrieval.models import (
@@ -24,6 +25,7 @@ from retrieval.models import (
     MAX_TOP_K,
     CollectionInfo,
     Document,
+    PreparedUpsert,
     SearchHit,
     WriteResult,
     validate_collection_name,
@@ -35,7 +37,6 @@ __all__ = ["RetrievalService"]
 
 logger = logging.getLogger(__name__)
 
-AsyncEmbed = Callable[[list[str]], Awaitable[np.ndarray]]
 IndexFactory = Callable[[list, np.ndarray], VectorIndex]
 
 
@@ -60,12 +61,15 @@ class RetrievalService:
         index_factory: IndexFactory = ExactCosineIndex,
         default_top_k: int = DEFAULT_TOP_K,
         max_top_k: int = MAX_TOP_K,
+        ingest: IngestConfig | None = None,
     ) -> None:
         if not 1 <= default_top_k <= max_top_k:
             raise ValueError(f"need 1 <= default_top_k <= max_top_k, got {default_top_k} and {max_top_k}")
         self._store = store
         self._embed = embed
         self._chunker = chunker
+        self.ingest_config = ingest or IngestConfig()
+        self.batches = BatchEmbedder(embed, self.ingest_config)
         self._index_factory = index_factory
         self._default_top_k = default_top_k
         self._max_top_k = max_top_k
@@ -91,6 +95,7 @@ class RetrievalService:
             index_factory=index_factory,
             default_top_k=config.default_top_k,
             max_top_k=config.max_top_k,
+            ingest=config.ingest,
         )
 
     @property
@@ -134,14 +139,24 @@ class RetrievalService:
             return index
 
     async def upsert(self, collection: str, docs: Sequence[Document]) -> WriteResult:
-        """Validate, chunk, embed (outside any transaction), then write `docs` atomically."""
-        prepared = await asyncio.to_thread(self._store.prepare_upsert, collection, docs, self._chunker)
+        """Validate, chunk, embed (in bounded batches, outside any transaction), then write `docs`
+        atomically."""
+        prepared = await self.prepare(collection, docs)
+        assert prepared is not None  # no chunk limit given
+        return await self.write(prepared)
+
+    async def prepare(self, collection: str, docs: Sequence[Document],
+                      max_chunks_to_embed: int | None = None) -> PreparedUpsert | None:
+        """Validate and chunk `docs` and find the chunks that need embedding; writes nothing. None when
+        more than `max_chunks_to_embed` chunks need embedding (see `CollectionStore.prepare_upsert`)."""
+        return await asyncio.to_thread(self._store.prepare_upsert, collection, docs, self._chunker,
+                                       max_chunks_to_embed=max_chunks_to_embed)
+
+    async def write(self, prepared: PreparedUpsert) -> WriteResult:
+        """Embed what `prepared` needs, batch by batch, and write it in one transaction."""
         embeddings = None
         if prepared.texts_to_embed:
-            try:
-                embeddings = await self._embed(list(prepared.texts_to_embed))
-            except Exception as err:
-                raise EmbeddingError(f"embedding {len(prepared.texts_to_embed)} chunks failed: {err}") from err
+            embeddings = await self.batches.embed(prepared.texts_to_embed, label=f"{prepared.collection}: ")
         return await asyncio.to_thread(self._store.commit_upsert, prepared, embeddings)
 
     async def delete(self, collection: str, doc_id: str) -> WriteResult:
@@ -175,7 +190,7 @@ class RetrievalService:
         try:
             vectors = np.asarray(await self._embed([query]), dtype=np.float32)
         except Exception as err:
-            raise EmbeddingError(f"embedding the query failed: {err}") from err
+            raise EmbeddingError(f"embedding the query failed: {describe_error(err)}") from err
         if vectors.ndim != 2 or vectors.shape[0] != 1:
             raise EmbeddingError(f"expected one query embedding, got shape {vectors.shape}")
         return vectors

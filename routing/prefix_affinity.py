@@ -218,6 +218,13 @@ class PrefixAffinityPolicy:
             raise ValueError("no candidate replicas")
         return self._ring_for(sorted(set(candidates))).lookup(key)
 
+    def preference(self, candidates: Sequence[str], key: str) -> list[str]:
+        """``candidates`` in ring order from the owner of ``key``: the order every router process agrees
+        on, used to break ties the same way everywhere."""
+        if not candidates:
+            return []
+        return list(self._ring_for(sorted(set(candidates))).preference_list(key))
+
     def load_bound(self, num_replicas: int, total_in_flight: int) -> int:
         """Most requests a replica may hold before the next one overflows: ceil(c * (m + 1) / n).
 

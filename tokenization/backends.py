@@ -98,6 +98,29 @@ class HuggingFaceTokenizer(TokenizerBackend):
     def decode(self, ids: Sequence[int]) -> str:
         return self._tok.decode(list(ids), skip_special_tokens=True)
 
+    # -- prompts as an OpenAI-compatible server (vLLM) tokenizes them
+
+    def encode_prompt(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        """IDs of a client's prompt the way vLLM's server makes them: special-token text (``<|im_start|>``)
+        becomes control tokens and the tokenizer's own specials (a BOS) are added when asked. Unlike
+        ``encode``: a client's prompt may format a chat by hand; retrieved chunks never go through here."""
+        with self._lock:
+            return list(self._tok(text, add_special_tokens=add_special_tokens)["input_ids"])
+
+    def render_chat(self, messages: Sequence[dict[str, Any]], add_generation_prompt: bool = True,
+                    continue_final_message: bool = False) -> list[int]:
+        """IDs of a chat rendered with the model's chat template, as vLLM's chat route makes them: the
+        template renders text, which is tokenized with special tokens parsed and none added."""
+        with self._lock:
+            text = self._tok.apply_chat_template(list(messages), tokenize=False,
+                                                 add_generation_prompt=add_generation_prompt,
+                                                 continue_final_message=continue_final_message)
+            return list(self._tok(text, add_special_tokens=False)["input_ids"])
+
+    def token_text(self, token_id: int) -> str:
+        """One token's text as vLLM's logprobs show it (its own decode, special tokens kept)."""
+        return self._tok.decode([token_id])
+
     @property
     def vocab_size(self) -> int:
         return len(self._tok)

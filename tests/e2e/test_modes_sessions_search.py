@@ -72,7 +72,7 @@ def test_search_returns_ranked_chunks(base_url):
     ("/v1/collections/documentation/search", {"query": "x", "extra": 1}, 422, "extra"),
     (SUPPORT, {"query": "x", "cache_salt": "no spaces allowed"}, 422, "cache_salt"),
     (SUPPORT, {"query": "x", "session_id": "bad id!"}, 422, "session_id"),
-    ("/v1/completions", {"prompt": "hi", "cache_salt": ""}, 422, "cache_salt"),
+    ("/v1/completions", {"prompt": "hi", "cache_salt": ""}, 400, "cache_salt"),
 ])
 def test_bad_search_salt_and_session_fields_are_refused_naming_the_field(base_url, path, body, status, field):
     code, answer = http_json("POST", f"{base_url}{path}", body)

@@ -10,11 +10,14 @@ from collections.abc import AsyncIterator
 
 from llm.engine import EngineStep, TokenEngine
 from llm.exceptions import EngineDeadError
-from llm.types import GenerateRequest
+from llm.types import GenerateRequest, TokenLogprob
 
 
 class FakeTokenEngine(TokenEngine):
-    """Output token i is ``(sum(prompt) + i) % 1000``; a prompt seen before reports whole 16-token blocks cached."""
+    """Output token i is ``(sum(prompt) + i) % 1000``; a prompt seen before reports whole 16-token blocks cached.
+
+    With ``logprobs`` the sampled token has logprob ``-0.25`` and the alternatives ``token + j`` (j = 1..k)
+    have ``-1.0 * j``, listed as vLLM lists them (sampled first). ``min_tokens`` holds back stop tokens."""
 
     def __init__(self, block_size: int = 16, step_delay_s: float = 0.0) -> None:
         self.block_size = block_size
@@ -52,18 +55,23 @@ class FakeTokenEngine(TokenEngine):
         self.seen_prompts.append((prompt, request.cache_salt))
         base = sum(prompt)
         out: list[int] = []
+        logprobs: list[TokenLogprob] = []
         for i in range(request.max_tokens):
             if self.step_delay_s:
                 await asyncio.sleep(self.step_delay_s)
             token = (base + i) % 1000
             out.append(token)
-            stop = token in request.stop_token_ids
+            if request.logprobs is not None:
+                entries = ((token, -0.25), *(((token + j) % 1000, -1.0 * j) for j in range(1, request.logprobs + 1)))
+                logprobs.append(TokenLogprob(token_id=token, logprob=-0.25, entries=entries))
+            stop = token in request.stop_token_ids and i + 1 >= request.min_tokens
             last = stop or i == request.max_tokens - 1
             yield EngineStep(
                 token_ids=list(out),
                 num_cached_tokens=cached,
                 finished=last,
                 finish_reason=("stop" if stop else "length") if last else None,
+                logprobs=list(logprobs) if request.logprobs is not None else None,
             )
             if last:
                 return

@@ -26,3 +26,20 @@ def build_hf_tokenizer_dir(path, extra_special: str = "<|im_end|>", vocab_size: 
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", eos_token=extra_special)
     fast.save_pretrained(str(path))
     return str(path)
+
+
+CHATML_TEMPLATE = (
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] }}"
+    "{% if not (loop.last and continue_final_message) %}{{ '<|im_end|>\n' }}{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+def build_chatml_tokenizer(path):
+    """The tiny BPE tokenizer as the token cache and the OpenAI routes use it (``HuggingFaceTokenizer``),
+    with a ChatML chat template like SmolLM2's."""
+    from tokenization import HuggingFaceTokenizer
+
+    tokenizer = HuggingFaceTokenizer(build_hf_tokenizer_dir(path))
+    tokenizer.tokenizer.chat_template = CHATML_TEMPLATE
+    return tokenizer

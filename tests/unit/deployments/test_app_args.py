@@ -65,7 +65,8 @@ def test_the_shipped_serve_config_validates():
     assert sorted(args.agents) == sorted(AGENT_NAMES)
     assert at(args, "agents.qa.max_cache_size_mb") == 150 and at(args, "agents.support.ttl_s") == 3600
     assert at(args, "llm.router.request_router_kwargs") == {"load_factor": 2.0, "block_size": 16, "max_blocks": 64,
-                                                           "vnodes": 128}
+                                                           "vnodes": 128, "kv_routing": {"enabled": False}}
+    assert at(args, "llm.kv_events.enabled") is False  # KV-event publishing and routing ship off
 
 
 @pytest.mark.parametrize("section", [
@@ -78,6 +79,7 @@ def test_the_shipped_serve_config_validates():
     "cache",
     "retrieval",
     "retrieval.settings",
+    "retrieval.settings.ingest",
     "retrieval.embedder",
     "retrieval.embedder_scale",
     "agents.support",
@@ -107,6 +109,11 @@ def test_a_typo_in_the_shipped_config_is_refused():
     ("agents.support.num_cpus", 0),
     ("agents.support.max_cache_size_mb", 0),
     ("agents.support.ttl_s", 0),
+    ("retrieval.settings.ingest.batch_size", 0),
+    ("retrieval.settings.ingest.batch_timeout_s", 0),
+    ("retrieval.settings.ingest.batch_retries", -1),
+    ("retrieval.settings.ingest.job_threshold_chunks", -1),
+    ("retrieval.settings.ingest.max_running_jobs", 0),
 ])
 def test_out_of_range_values_are_refused(path, value):
     with pytest.raises(ValidationError):
@@ -148,11 +155,29 @@ def test_args_are_frozen():
     ("retrieval.db_path", None),
     ("retrieval.data_dir", None),
     ("retrieval.embedder_scale.num_cpus", 0.1),
+    ("retrieval.settings.ingest.batch_size", 32),
+    ("retrieval.settings.ingest.batch_timeout_s", 60.0),
+    ("retrieval.settings.ingest.batch_retries", 1),
+    ("retrieval.settings.ingest.job_threshold_chunks", 64),
+    ("retrieval.settings.ingest.max_running_jobs", 1),
+    ("retrieval.settings.ingest.finished_job_ttl_s", 604_800.0),
     ("agents", {}),
 ])
 def test_defaults_when_the_yaml_sets_nothing(path, default):
     assert at(AppArgs(), path) == default
     assert at(AppArgs.model_validate({}), path) == default
+
+
+def test_the_shipped_ingest_settings_reach_the_gateway_config(tmp_path, no_ray):
+    shipped = AppArgs.model_validate(yaml_args()).retrieval.settings.ingest
+    assert shipped == AppArgs().retrieval.settings.ingest  # the YAML states the defaults
+    app = build(offline_args(tmp_path, retrieval={
+        "db_path": str(tmp_path / "store.sqlite3"),
+        "settings": {"load_samples": False, "ingest": {"batch_size": 8, "job_threshold_chunks": 100}}}))
+    gateway = _deployments(app)["gateway"]
+    config = next(a for a in [*gateway.init_args, *gateway.init_kwargs.values()] if hasattr(a, "retrieval"))
+    assert (config.retrieval.ingest.batch_size, config.retrieval.ingest.job_threshold_chunks) == (8, 100)
+    assert config.retrieval.ingest.batch_timeout_s == 60.0
 
 
 def test_a_section_given_in_part_keeps_the_other_defaults():

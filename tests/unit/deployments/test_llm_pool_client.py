@@ -37,3 +37,55 @@ async def test_session_id_is_the_prefix_key_and_absent_without_one():
     await client.generate(GenerateRequest(prompt_token_ids=[1, 2, 3], max_tokens=1))
     assert calls[0] == {"session_id": prefix_key(long_prompt.prompt_token_ids, context_end=256)}
     assert calls[1] == {}
+
+
+class StreamingHandleDouble:
+    """Test double of a DeploymentHandle's streaming call: yields scripted deltas, records cancel()."""
+
+    def __init__(self, deltas: list) -> None:
+        self.deltas = deltas
+        self.cancelled = 0
+
+    def options(self, **kwargs) -> "StreamingHandleDouble":
+        return self
+
+    @property
+    def generate_stream(self) -> "StreamingHandleDouble":
+        return self
+
+    def remote(self, request: GenerateRequest) -> "StreamingHandleDouble":
+        return self
+
+    def __aiter__(self):
+        async def gen():
+            for delta in self.deltas:
+                yield delta
+
+        return gen()
+
+    def cancel(self) -> None:
+        self.cancelled += 1
+
+
+def _deltas():
+    from llm.types import StreamDelta
+
+    result = GenerateResult([1, 2, 3], 3, 0, 3, "length", 0.01, 0.02, "r")
+    return [StreamDelta([1]), StreamDelta([2]), StreamDelta([3], result=result)]
+
+
+async def test_a_stream_closed_before_its_end_is_cancelled_on_the_replica():
+    """Issue 18: a stop string ends the output early; closing the stream must abort the generation."""
+    handle = StreamingHandleDouble(_deltas())
+    stream = LLMPoolClient(handle, timeout_s=5).generate_stream(GenerateRequest(prompt_token_ids=[1], max_tokens=3))
+    assert (await anext(stream)).token_ids == [1]
+    await stream.aclose()
+    assert handle.cancelled == 1
+
+
+async def test_a_stream_read_to_its_end_is_not_cancelled():
+    handle = StreamingHandleDouble(_deltas())
+    stream = LLMPoolClient(handle, timeout_s=5).generate_stream(GenerateRequest(prompt_token_ids=[1], max_tokens=3))
+    assert [d.token_ids async for d in stream] == [[1], [2], [3]]
+    await stream.aclose()
+    assert handle.cancelled == 0
