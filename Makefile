@@ -10,7 +10,7 @@ STAMP := $(VENV)/.tcrag-installed-$(ENGINE)
 PYTEST_ARGS ?=
 URL ?= http://127.0.0.1:8000
 
-.PHONY: setup install model run test test-unit test-integration test-e2e bench loadtest loadtest-compare clean
+.PHONY: setup install model run run-small test test-unit test-integration test-e2e test-small bench loadtest loadtest-compare clean
 
 setup: install model
 
@@ -39,8 +39,18 @@ run: setup
 	@echo "[run] serve run serve_config.yaml  (http://127.0.0.1:8000, first start ~2-4 min)"
 	$(BIN)/serve run serve_config.yaml
 
+# The small memory profile: one vLLM replica with a 512 MiB KV cache, all six agents, for 8 GB machines.
+run-small: setup
+	@echo "[run] serve run serve_config.small.yaml  (http://127.0.0.1:8000, first start ~1-3 min)"
+	$(BIN)/serve run serve_config.small.yaml
+
+# Two pytest sessions: the suite, then the small profile alone (its own app, its memory measured with
+# nothing else running; benchmarks/results/memory_small.json). Both run even if the first fails.
 test: setup
-	$(BIN)/python -m pytest tests $(PYTEST_ARGS)
+	@status=0; \
+	$(BIN)/python -m pytest tests --ignore=tests/small_profile $(PYTEST_ARGS) || status=$$?; \
+	$(BIN)/python -m pytest tests/small_profile $(PYTEST_ARGS) || status=$$?; \
+	exit $$status
 
 test-unit: install
 	$(BIN)/python -m pytest tests/unit -q $(PYTEST_ARGS)
@@ -50,6 +60,9 @@ test-integration: setup
 
 test-e2e: setup
 	$(BIN)/python -m pytest tests/e2e $(PYTEST_ARGS)
+
+test-small: setup
+	$(BIN)/python -m pytest tests/small_profile $(PYTEST_ARGS)
 
 bench: install
 	$(BIN)/python -m benchmarks.run --url $(URL)

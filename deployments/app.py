@@ -203,13 +203,11 @@ def prepare_store(retrieval: RetrievalConfig, embedder: EmbedderConfig, model_pa
     try:
         if not any(pending_sample_loads(store, retrieval.data_dir).values()):
             return
-        from retrieval.embedder import SentenceTransformerEmbedder
-
         started = time.perf_counter()
         print(f"[tcrag] loading sample knowledge bases from {retrieval.data_dir} into {retrieval.db_path} ...",
               file=sys.stderr, flush=True)
         tokenizer = HuggingFaceTokenizer(model_path)
-        local = SentenceTransformerEmbedder(embedder.model_path, embedder.device)
+        local = embedder.create()
 
         def progress(collection: str, done: int, total: int) -> None:
             print(f"[tcrag]   {collection}: {done}/{total} documents", file=sys.stderr, flush=True)
@@ -256,10 +254,7 @@ def build(args: dict[str, Any] | None = None) -> Application:
         for i in range(cache.num_shards)
     ]
     embed_cfg = app_args.retrieval.embedder
-    embedder = EmbedderServer.options(**app_args.retrieval.embedder_scale.options()).bind(
-        embed_cfg.model_path, embed_cfg.device, embed_cfg.max_batch_size, embed_cfg.batch_wait_timeout_s,
-        embed_cfg.num_threads,
-    )
+    embedder = EmbedderServer.options(**app_args.retrieval.embedder_scale.options()).bind(embed_cfg)
 
     # One deployment per agent
     agents: dict[str, Any] = {}

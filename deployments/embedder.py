@@ -14,7 +14,8 @@ from collections.abc import Awaitable, Callable
 import numpy as np
 from ray import serve
 
-from retrieval.embedder import Embedder, SentenceTransformerEmbedder
+from retrieval.config import EmbedderConfig
+from retrieval.embedder import Embedder
 
 __all__ = ["EmbedderServer", "make_remote_embed"]
 
@@ -24,18 +25,11 @@ logger = logging.getLogger(__name__)
 class _EmbedderServerImpl:
     """Plain class (testable without a cluster); `EmbedderServer` is its Serve deployment."""
 
-    def __init__(
-        self,
-        model_path: str | None = None,
-        device: str = "cpu",
-        max_batch_size: int = 32,
-        batch_wait_timeout_s: float = 0.005,
-        num_threads: int | None = None,
-        embedder: Embedder | None = None,
-    ) -> None:
-        self._embedder = embedder or SentenceTransformerEmbedder(model_path, device, num_threads=num_threads)
-        self.embed_one.set_max_batch_size(max_batch_size)
-        self.embed_one.set_batch_wait_timeout_s(batch_wait_timeout_s)
+    def __init__(self, config: EmbedderConfig | None = None, embedder: Embedder | None = None) -> None:
+        config = config or EmbedderConfig()
+        self._embedder = embedder or config.create()
+        self.embed_one.set_max_batch_size(config.max_batch_size)
+        self.embed_one.set_batch_wait_timeout_s(config.batch_wait_timeout_s)
         self._batches = 0
         self._batched_calls = 0
 

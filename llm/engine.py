@@ -21,6 +21,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from llm.engine_lifetime import install_engine_core_guard
 from llm.exceptions import EngineDeadError, GenerationError, InvalidRequestError
 from llm.types import GenerateRequest, GenerateResult, StreamDelta, TokenLogprob
 
@@ -143,6 +144,8 @@ class VLLMEngine(TokenEngine):
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
 
+        # The engine core process must not outlive this one (a SIGKILLed replica would leak its GBs).
+        install_engine_core_guard()
         extra: dict[str, Any] = {}
         if config.block_size:
             extra["block_size"] = config.block_size

@@ -14,6 +14,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from retrieval.chunker import chunk_text
+from retrieval.embedder import Precision, SentenceTransformerEmbedder, available_cores
 from retrieval.models import DEFAULT_TOP_K, MAX_TOP_K, StoreLimits
 from retrieval.store import CollectionStore
 from settings.paths import default_store_path, repo_data_dir
@@ -105,7 +106,12 @@ class RetrievalConfig(BaseModel):
 
 
 class EmbedderConfig(BaseModel):
-    """Constructor arguments of `deployments.embedder.EmbedderServer`."""
+    """The embedder's model, speed settings and request batching (`deployments.embedder.EmbedderServer`,
+    and the local embedder that loads the sample collections at start).
+
+    The defaults are the fastest setting of `benchmarks/embed_throughput.py` whose vectors stay within
+    cosine 0.999 of the previous default and whose recall@5 on data/eval is unchanged
+    (`benchmarks/results/embed_throughput.json`)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -113,4 +119,40 @@ class EmbedderConfig(BaseModel):
     device: str = Field("cpu", description="torch device.")
     max_batch_size: int = Field(32, gt=0, description="Most concurrent single-text calls merged into one batch.")
     batch_wait_timeout_s: float = Field(0.005, ge=0, description="How long a batch waits to fill up.")
-    num_threads: int | None = Field(None, gt=0, description="torch intra-op threads; default: torch's choice.")
+    num_threads: int | None = Field(
+        None, gt=0,
+        description="torch intra-op threads. None: every core the process may run on (Ray sets "
+        "OMP_NUM_THREADS=1 in a replica with num_cpus < 1, which had left the embedder on one core). On a "
+        "busy 2-core machine one thread can beat two (the benchmark's busy repeat); set 1 there.",
+    )
+    batch_size: int = Field(
+        32, gt=0,
+        description="Texts per forward pass (texts are sorted by length within a call, so batches pad little).",
+    )
+    max_seq_length: int | None = Field(
+        None, gt=0,
+        description="Word pieces embedded per text; longer texts are truncated for embedding only. None: the "
+        "model's own limit (256 for all-MiniLM-L6-v2, the length it was trained at). A different value "
+        "changes every vector: re-embed the collections after changing it.",
+    )
+    precision: Precision = Field(
+        "auto",
+        description="Matmul precision: 'bfloat16' runs the encoder under torch.autocast (vectors within "
+        "cosine 0.9999 of float32), 'float32', or 'auto' (bfloat16 where the CPU has native bf16 "
+        "instructions, else float32).",
+    )
+
+    def resolved_num_threads(self) -> int:
+        """The torch thread count the embedder uses: `num_threads`, else the process's cores."""
+        return self.num_threads or available_cores()
+
+    def create(self) -> SentenceTransformerEmbedder:
+        """The embedder these settings describe (loads the model)."""
+        return SentenceTransformerEmbedder(
+            self.model_path,
+            self.device,
+            batch_size=self.batch_size,
+            num_threads=self.resolved_num_threads(),
+            max_seq_length=self.max_seq_length,
+            precision=self.precision,
+        )

@@ -53,8 +53,8 @@ def _merge(base: dict, extra: dict) -> None:
 
 
 def _kill_orphaned_engines() -> None:
-    """vLLM's engine processes outlive a replica that was killed hard (SIGKILL leaves no time to shut the
-    engine down); once re-parented to init they are garbage holding GBs of memory, so the tests reap them."""
+    """A safety net: vLLM's engine processes end themselves within seconds of losing their replica
+    (`llm.engine_lifetime`), but one re-parented to init would hold GBs, so the tests still reap any."""
     import psutil
 
     for proc in psutil.process_iter(["name", "ppid", "cmdline"]):
@@ -80,6 +80,11 @@ class AppProcess:
         self.base_url = f"http://127.0.0.1:{port}"
         self.config = _config_copy(config, log_path.parent / "serve_config.yaml", port, overrides or {})
         self._proc: subprocess.Popen | None = None
+
+    @property
+    def pid(self) -> int | None:
+        """Pid of the `serve run` process (the root of the app's process tree), None before start."""
+        return self._proc.pid if self._proc is not None else None
 
     def start(self, timeout_s: float = 900.0) -> float:
         """Start the app and return how long it took until /healthz answered 200."""

@@ -3,8 +3,9 @@ agent requests, and fails if a single request fails.
 
 Named ``zz`` so it runs after the other e2e modules: it kills replicas, stops Redis and empties caches.
 Replicas are killed as processes (SIGKILL of the ``ray::ServeReplica:tcrag:<deployment>`` process and
-its children, e.g. a vLLM replica's engine processes), found below the ``serve run`` process of the
-tests' own app, so a developer's app on the same machine is never touched.
+its children, e.g. a vLLM replica's engine processes; the one-LLM-replica test kills the replica alone and
+checks that its engine processes end themselves), found below the ``serve run`` process of the tests'
+own app, so a developer's app on the same machine is never touched.
 
 Each test prints, and appends to ``reliability.json`` beside the app's log, the requests sent and failed
 and the time to recover; run with ``-s`` to see the lines.
@@ -237,22 +238,62 @@ def test_redis_stopped_and_restarted_mid_load(app, base_url, redis_server):
 # ----------------------------------------------------------------------------- 2. one vLLM replica killed
 
 
+ORPHAN_TIMEOUT_S = 30.0  # the engine's guard polls its parent every 1 s and gives vLLM 5 s to shut down
+
+
+def engine_processes(replica: psutil.Process) -> list[psutil.Process]:
+    """The vLLM processes a replica started (``VLLM::EngineCore`` and its workers): all its descendants."""
+    return replica.children(recursive=True)
+
+
+def wait_orphans_gone(procs: list[psutil.Process], timeout_s: float = ORPHAN_TIMEOUT_S) -> tuple[list[str], float]:
+    """Wait until none of ``procs`` runs; returns (the ones still running, seconds waited)."""
+    started = time.monotonic()
+    while True:
+        alive = []
+        for proc in procs:
+            try:
+                if proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE:  # is_running checks the pid's start time
+                    alive.append(f"{proc.pid} {' '.join(proc.cmdline())[:40]} (ppid {proc.ppid()})")
+            except psutil.NoSuchProcess:
+                continue
+        waited = time.monotonic() - started
+        if not alive or waited > timeout_s:
+            return alive, waited
+        time.sleep(0.5)
+
+
 def test_one_llm_replica_killed_mid_load(app, base_url, serve_pid):
+    """The replica process alone is SIGKILLed (as Ray's OOM killer or a crash would): requests go to the
+    other replica, Serve replaces it, and its engine processes end themselves instead of living on as
+    orphans (issue 16; llm/engine_lifetime.py)."""
     replicas = replica_processes(serve_pid, "llm")
     assert len(replicas) == 2, f"expected 2 llm replicas, found {[p.pid for p in replicas]}"
+    engines = engine_processes(replicas[0])
+    assert any("VLLM::EngineCore" in " ".join(p.cmdline()) for p in engines), \
+        f"no engine core below replica {replicas[0].pid}: {[p.pid for p in engines]}"
     retries_before = log_count(app, "LLM replica lost")
     load = start_load(base_url, workers=6)
     try:
         keep_loading(load, more_ok=3)
         killed_at = time.monotonic()
-        killed = set(kill_tree(replicas[0]))
+        replicas[0].kill()
+        killed = {replicas[0].pid}
         sent_at_kill = load.report.sent
+        orphans, orphans_gone_s = wait_orphans_gone(engines)
         recover_s = wait_replaced(base_url, serve_pid, "llm", killed, 2, killed_at)
         keep_loading(load, more_ok=6)
     finally:
         load.stop()
-    record(app, "llm_replica_killed", load, killed_pids=sorted(killed), sent_before_kill=sent_at_kill,
+        for proc in engines:  # never leave GBs behind, whatever the outcome
+            try:
+                proc.kill()
+            except psutil.NoSuchProcess:
+                pass
+    record(app, "llm_replica_killed", load, killed_pids=sorted(killed), engine_pids=sorted(p.pid for p in engines),
+           engines_gone_after_s=orphans_gone_s, orphans_left=len(orphans), sent_before_kill=sent_at_kill,
            recover_s=recover_s, retried_on_other_replica=log_count(app, "LLM replica lost") - retries_before)
+    assert not orphans, f"engine processes outlived their replica by {ORPHAN_TIMEOUT_S:.0f} s: {orphans}"
     assert_no_failures(load)
 
 

@@ -14,10 +14,11 @@ def embedder_handle():
     from ray import serve
 
     from deployments.embedder import EmbedderServer
+    from retrieval.config import EmbedderConfig
 
     ray.init(num_cpus=2, include_dashboard=False, ignore_reinit_error=True)
     app = EmbedderServer.options(ray_actor_options={"num_cpus": 0.1}).bind(
-        max_batch_size=16, batch_wait_timeout_s=0.05, num_threads=1
+        EmbedderConfig(max_batch_size=16, batch_wait_timeout_s=0.05, num_threads=1)
     )
     handle = serve.run(app, name="embedder-test", route_prefix=None)
     yield handle
@@ -38,9 +39,10 @@ async def test_concurrent_calls_are_batched(embedder_handle):
     assert batches < calls, f"{calls} calls served in {batches} batches"
     vectors = np.asarray(vectors, dtype=np.float32)
     assert vectors.shape == (24, 384)
-    # Batched results equal the bulk path's results for the same texts.
+    # Batched results equal the bulk path's results for the same texts (within bf16 rounding: under the
+    # default precision a text padded to another batch's length may round one value differently).
     bulk = np.asarray(await embedder_handle.embed.remote(texts), dtype=np.float32)
-    np.testing.assert_allclose(vectors, bulk, atol=1e-5)
+    assert float((vectors * bulk).sum(axis=1).min()) >= 0.9999
 
     embed = make_remote_embed(embedder_handle, timeout_s=30)
     one = await embed(["single query"])

@@ -23,10 +23,17 @@ REPO = Path(__file__).resolve().parents[3]
 AGENT_NAMES = [a.name for a in AGENTS]
 
 
-def yaml_args() -> dict[str, Any]:
-    """The ``args`` of the shipped ``serve_config.yaml``."""
-    config = yaml.safe_load((REPO / "serve_config.yaml").read_text())
+def yaml_args(name: str = "serve_config.yaml") -> dict[str, Any]:
+    """The ``args`` of a shipped serve config (``serve_config.yaml`` unless named)."""
+    config = yaml.safe_load((REPO / name).read_text())
     return config["applications"][0]["args"]
+
+
+def yaml_paths(tree: Any, prefix: str = "") -> set[str]:
+    """Every key path of a YAML mapping ("llm.engine.kv_cache_memory_bytes", ...)."""
+    if not isinstance(tree, dict):
+        return {prefix}
+    return set().union(*(yaml_paths(v, f"{prefix}.{k}" if prefix else str(k)) for k, v in tree.items()))
 
 
 def at(obj: Any, path: str) -> Any:
@@ -67,6 +74,19 @@ def test_the_shipped_serve_config_validates():
     assert at(args, "llm.router.request_router_kwargs") == {"load_factor": 2.0, "block_size": 16, "max_blocks": 64,
                                                            "vnodes": 128, "kv_routing": {"enabled": False}}
     assert at(args, "llm.kv_events.enabled") is False  # KV-event publishing and routing ship off
+
+
+def test_the_small_profile_validates_sets_the_same_keys_and_is_smaller():
+    """serve_config.small.yaml (make run-small) serves all six agents on one engine with a smaller KV cache;
+    it spells out every key serve_config.yaml does, so no setting silently falls back to a code default."""
+    small, full = AppArgs.model_validate(yaml_args("serve_config.small.yaml")), AppArgs.model_validate(yaml_args())
+    assert yaml_paths(yaml_args("serve_config.small.yaml")) == yaml_paths(yaml_args())
+    assert sorted(small.agents) == sorted(AGENT_NAMES)
+    assert at(small, "llm.num_replicas") == 1 < at(full, "llm.num_replicas")
+    assert at(small, "llm.engine.kv_cache_memory_bytes") == 512 << 20
+    assert at(small, "cache.num_shards") <= at(full, "cache.num_shards")
+    assert all(small.agents[a].max_cache_size_mb < full.agents[a].max_cache_size_mb for a in AGENT_NAMES)
+    assert small.retrieval == full.retrieval and small.model == full.model
 
 
 @pytest.mark.parametrize("section", [
