@@ -112,6 +112,9 @@ class GatewayArgs(ScaleArgs):
     protect_reads: bool = Field(default=False, description="Require TCRAG_API_KEY on read routes too.")
     chat_cache_mb: float = Field(default=64.0, gt=0, description="L0 token-cache budget of the chat completions RAG hook.")
     chat_cache_ttl_s: float = Field(default=3600.0, gt=0, description="L0 entry lifetime of the chat RAG hook.")
+    open_prompt_prefix_tokens: int = Field(
+        default=256, ge=1,
+        description="OpenAI prompts carry no context end: the router keys them on this many leading tokens.")
 
 
 class CacheArgs(TokenCacheConfig):
@@ -296,6 +299,7 @@ def build(args: dict[str, Any] | None = None) -> Application:
             max_model_len=engine.max_model_len,
             token_cache=cache.client_config(max_cache_size_mb=gateway_args.chat_cache_mb, l0_ttl_s=gateway_args.chat_cache_ttl_s),
             reuse=app_args.reuse,
+            open_prompt_prefix_tokens=gateway_args.open_prompt_prefix_tokens,
         ),
         llm,
         embedder,

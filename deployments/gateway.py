@@ -76,6 +76,8 @@ class GatewayConfig(BaseModel):
     token_cache: TokenCacheConfig | None = Field(
         default=None, description="Token cache of the chat completions RAG hook (`collection`); None: no hook.")
     reuse: ReuseConfig = Field(default_factory=ReuseConfig, description="Context order of the RAG hook.")
+    open_prompt_prefix_tokens: int = Field(
+        default=256, ge=1, description="Leading tokens of an OpenAI prompt the router keys on (no known context end).")
 
 
 class DocumentIn(BaseModel):
@@ -412,7 +414,8 @@ class Gateway:
                                               retrieval=self._retrieval, token_cache=config.token_cache,
                                               max_model_len=config.max_model_len, reuse=config.reuse)
         self._completions = CompletionsService(tokenizer=tokenizer, llm=self._pool, model_name=config.model_name,
-                                               max_model_len=config.max_model_len, chat_context=chat_context)
+                                               max_model_len=config.max_model_len, chat_context=chat_context,
+                                               open_prompt_prefix_tokens=config.open_prompt_prefix_tokens)
         self._app_name = serve.get_replica_context().app_name
 
     # -- health and models

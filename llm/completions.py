@@ -186,8 +186,12 @@ class CompletionsService:
         max_model_len: int,
         chat_context: ChatContext | None = None,
         clock: Callable[[], float] = time.time,
+        open_prompt_prefix_tokens: int = 256,
     ) -> None:
         self._tokenizer = tokenizer
+        # A raw OpenAI prompt does not say where its shared part ends; the router keys it on this many
+        # leading tokens (see ``_generate_request``).
+        self._open_prefix_tokens = open_prompt_prefix_tokens
         self._llm = llm
         self._model_name = model_name
         self._max_model_len = max_model_len
@@ -235,6 +239,12 @@ class CompletionsService:
         self._check_ids(request.stop_token_ids or [], "stop_token_ids")
         if request.min_tokens > max_tokens:
             raise InvalidRequestError("min_tokens", f"must not exceed the output budget ({max_tokens} tokens)")
+        if prefix_len is None:
+            # Unknown context end: without one the router's key would cover the first ~1,024 tokens, unique
+            # tails included, and prompts sharing a long prefix (a system prompt, a document, vLLM's
+            # prefix_repetition set) would land on different replicas. Their leading tokens are the likeliest
+            # shared part; a per-request tail past them no longer moves the request.
+            prefix_len = min(len(prompt_ids), self._open_prefix_tokens)
         return GenerateRequest(prompt_token_ids=prompt_ids, max_tokens=max_tokens, prefix_len=prefix_len,
                                logprobs=logprobs, request_id=uuid.uuid4().hex, **request.sampling())
 

@@ -333,3 +333,23 @@ def test_incremental_text_finds_the_earliest_stop_string():
     assert text.add([0]) == ("", None)  # held back: a stop may start here
     assert text.add([1]) == ("a", None)
     assert text.add([2]) == ("", "bc")
+
+
+async def test_a_raw_prompt_is_keyed_on_its_leading_tokens_so_a_shared_prefix_routes_together(tok):
+    """An OpenAI prompt has no known context end: the pool request marks its first
+    ``open_prompt_prefix_tokens`` as the shared part, so two prompts with the same leading tokens and
+    different tails get the same prefix key (and replica), and a short prompt is keyed whole."""
+    from routing.prefix_affinity import PrefixKeyConfig
+
+    pool = ScriptedPool([5, 6])
+    svc = CompletionsService(tokenizer=tok, llm=pool, model_name="m", max_model_len=4096,
+                             open_prompt_prefix_tokens=32)
+    shared = [5] * 40
+    await svc.complete(completion(prompt=[*shared, *[6] * 20]))
+    await svc.complete(completion(prompt=[*shared, *[9] * 20]))
+    await svc.complete(completion(prompt=[3, 2, 1]))
+    first, second, short = pool.requests
+    assert first.prefix_len == second.prefix_len == 32 and short.prefix_len == 3
+    key = PrefixKeyConfig(block_size=16, max_blocks=64)
+    assert key.key(first.prompt_token_ids, first.prefix_len) == key.key(second.prompt_token_ids, second.prefix_len)
+    assert key.key([*shared, *[6] * 20]) != key.key([*shared, *[9] * 20])  # keyed whole, the tails split them
