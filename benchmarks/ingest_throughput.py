@@ -56,9 +56,9 @@ def _wait_for_warmup(base_url: str, timeout_s: float = 900.0) -> None:
 
 def run_one(name: str, embedder: dict[str, Any], port: int, workdir: Path) -> dict[str, Any]:
     home = workdir / name
+    home.mkdir(parents=True, exist_ok=True)
     app = AppProcess(env={"TCRAG_DATA_DIR": str(home / "data")}, log_path=home / "serve.log", port=port,
                      overrides={"retrieval": {"embedder": embedder}} if embedder else {})
-    (home).mkdir(parents=True, exist_ok=True)
     print(f"[ingest-throughput] {name}: starting the app ({app.log_path})", file=sys.stderr, flush=True)
     try:
         app.start()
