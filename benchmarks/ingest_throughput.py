@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from testbed.app_process import AppProcess, http_json
+from testbed.app_process import AppProcess, http_json, wait_for_warmup
 
 __all__ = ["SETTINGS", "main"]
 
@@ -42,18 +42,6 @@ def help_topics() -> list[dict[str, Any]]:
             for name in sorted(topics)]
 
 
-def _wait_for_warmup(base_url: str, timeout_s: float = 900.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        status, stats = http_json("GET", f"{base_url}/v1/cache/stats", timeout_s=30)
-        agents = stats.get("agents", {}).values() if status == 200 else []
-        states = [(w or {}).get("state") for a in agents for w in a.get("warmup", [])]
-        if states and all(s in ("done", "failed") for s in states):
-            return
-        time.sleep(3)
-    raise RuntimeError("warm-up did not finish")
-
-
 def run_one(name: str, embedder: dict[str, Any], port: int, workdir: Path) -> dict[str, Any]:
     home = workdir / name
     home.mkdir(parents=True, exist_ok=True)
@@ -62,7 +50,7 @@ def run_one(name: str, embedder: dict[str, Any], port: int, workdir: Path) -> di
     print(f"[ingest-throughput] {name}: starting the app ({app.log_path})", file=sys.stderr, flush=True)
     try:
         app.start()
-        _wait_for_warmup(app.base_url)
+        wait_for_warmup(app.base_url, timeout_s=900.0)
         time.sleep(10)  # let the start-up work settle: the measurement is of an idle app
         docs = help_topics()
         started = time.monotonic()

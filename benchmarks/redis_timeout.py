@@ -20,14 +20,13 @@ import json
 import os
 import sys
 import tempfile
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from benchmarks.contract import new_run_id
 from benchmarks.locust_compare import locust_command, read_aggregated
-from testbed.app_process import AppProcess, http_json
+from testbed.app_process import AppProcess, http_json, wait_for_warmup
 
 __all__ = ["main", "redis_summary"]
 
@@ -56,20 +55,6 @@ def redis_summary(cache_stats: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _wait_for_warmup(base_url: str, timeout_s: float = 600.0) -> dict[str, Any]:
-    """Until every agent reports its warm-up finished (done or failed); the stats at that moment."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        status, stats = http_json("GET", f"{base_url}/v1/cache/stats", timeout_s=30)
-        agents = stats.get("agents", {}).values() if status == 200 else []
-        states = [(w or {}).get("state") for a in agents for w in a.get("warmup", [])]
-        if states and all(s in ("done", "failed") for s in states):
-            return stats
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"warm-up not finished after {timeout_s:.0f} s: {states}")
-        time.sleep(3)
-
-
 def run_one(timeout_s: float, args: argparse.Namespace, workdir: Path, measure: bool) -> dict[str, Any]:
     log = workdir / f"serve_{timeout_s}.log"
     app = AppProcess(env={"REDIS_URL": args.redis_url}, log_path=log, port=args.port,
@@ -77,7 +62,7 @@ def run_one(timeout_s: float, args: argparse.Namespace, workdir: Path, measure: 
     print(f"[redis-timeout] {timeout_s * 1000:.0f} ms: starting the app (log {log})", file=sys.stderr, flush=True)
     try:
         start_s = app.start()
-        warm = _wait_for_warmup(app.base_url)
+        warm = wait_for_warmup(app.base_url, timeout_s=600.0)
         entry: dict[str, Any] = {"timeout_s": timeout_s, "app_start_s": round(start_s, 1),
                                  "warmup": redis_summary(warm)}
         if not measure:

@@ -66,6 +66,20 @@ def _kill_orphaned_engines() -> None:
             continue
 
 
+def wait_for_warmup(base_url: str, timeout_s: float = 900.0) -> dict:
+    """Until every agent replica reports its warm-up finished (done or failed); the cache stats then."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        status, stats = http_json("GET", f"{base_url}/v1/cache/stats", timeout_s=30)
+        agents = stats.get("agents", {}).values() if status == 200 else []
+        states = [(w or {}).get("state") for a in agents for w in a.get("warmup", [])]
+        if states and all(s in ("done", "failed") for s in states):
+            return stats
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"warm-up not finished after {timeout_s:.0f} s: {states}")
+        time.sleep(3)
+
+
 class AppProcess:
     """`serve run` in a subprocess with its own environment; waits for /healthz and shuts down cleanly.
 
