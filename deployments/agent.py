@@ -17,6 +17,7 @@ from ray.serve.handle import DeploymentHandle
 from deployments.cache_group import ServeShardClient
 from deployments.embedder import make_remote_embed
 from deployments.llm_client import LLMPoolClient
+from llm.model_files import model_on_this_node
 from rag.builder import AgentPipelineConfig, build_agent_service
 from tokenization import HuggingFaceTokenizer
 
@@ -27,7 +28,8 @@ __all__ = ["AgentReplica"]
 class AgentReplica:
     async def __init__(self, config: AgentPipelineConfig, llm: DeploymentHandle, embedder: DeploymentHandle,
                        shards: list[DeploymentHandle]) -> None:
-        tokenizer = await asyncio.to_thread(HuggingFaceTokenizer, config.model_path)
+        model_path = await asyncio.to_thread(model_on_this_node, config.model_path)  # prepared here on first use
+        tokenizer = await asyncio.to_thread(HuggingFaceTokenizer, model_path)
         self._service = build_agent_service(
             config,
             tokenizer=tokenizer,

@@ -74,6 +74,11 @@ class ScaleArgs(BaseModel):
     max_queued_requests: int = Field(
         default=512, ge=-1, description="Requests queued for the deployment before callers get 503 (-1: unbounded)."
     )
+    max_replicas_per_node: int | None = Field(
+        default=None, ge=1,
+        description="At most this many replicas on one Ray node (null: no limit). 1 spreads replicas over nodes, "
+                    "and a node that rejoins after a loss gets back the replica that could not be placed.",
+    )
 
     def options(self) -> dict[str, Any]:
         actor_options: dict[str, Any] = {"num_cpus": self.num_cpus}
@@ -84,6 +89,8 @@ class ScaleArgs(BaseModel):
             "max_ongoing_requests": self.max_ongoing_requests,
             "max_queued_requests": self.max_queued_requests,
         }
+        if self.max_replicas_per_node is not None:
+            options["max_replicas_per_node"] = self.max_replicas_per_node
         if self.autoscaling_config:
             options["autoscaling_config"] = self.autoscaling_config
         else:

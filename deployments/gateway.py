@@ -29,11 +29,12 @@ from agents.base import MAX_QUERY_CHARS, SESSION_ID_PATTERN, AgentRequest
 from agents.registry import AGENTS
 from deployments.cache_group import ServeShardClient
 from deployments.embedder import make_remote_embed
-from deployments.llm_client import LLMPoolClient, await_response
+from deployments.llm_client import REPLICA_LOST, LLMPoolClient, await_response
 from llm import EngineDeadError, InvalidRequestError, LLMUnavailableError
 from cache.config import TokenCacheConfig
 from llm.completions import CompletionsService
 from llm.fallback import FallbackConfig
+from llm.model_files import model_on_this_node
 from llm.openai_api import ChatCompletionRequest, CompletionRequest
 from rag.builder import build_chat_context, build_llm, build_retrieval
 from rag.reuse import ReuseConfig
@@ -52,6 +53,7 @@ logger = logging.getLogger(__name__)
 app = FastAPI(title="token-cached-rag", version="0.1.0")
 
 RETRY_AFTER_S = 5  # hint sent with 503 answers; the pool usually recovers (replica restart) within seconds
+AGENT_RETRIES = 1  # sends once more a request whose agent replica died under it (node or process lost)
 API_KEY_ENV = "TCRAG_API_KEY"
 SESSION_ID_PATH = Path(min_length=1, max_length=128, pattern=SESSION_ID_PATTERN, description="Conversation id.")
 MAX_BODY_BYTES = 16 << 20  # above any valid request (an upsert of many large documents); see BodyLimit
@@ -399,7 +401,7 @@ class Gateway:
                  agents: dict[str, DeploymentHandle], shards: list[DeploymentHandle]) -> None:
         self.config = config
         self._shards = [ServeShardClient(h, timeout_s=5.0) for h in shards]
-        tokenizer = HuggingFaceTokenizer(config.model_path)
+        tokenizer = HuggingFaceTokenizer(model_on_this_node(config.model_path))  # prepared here on first use
         self._pool = build_llm(LLMPoolClient(llm, timeout_s=config.request_timeout_s, prefix_key=config.prefix_key),
                                config.llm_fallback)
         self._agents = agents
@@ -451,14 +453,21 @@ class Gateway:
         if body.stream:
             stream = handle.options(stream=True).answer_stream.remote(body)
             return StreamingResponse(_guarded_stream(stream), media_type="text/event-stream")
-        response = handle.answer.remote(body)
         # SE-Darwin's `generations` runs that many LLM rounds in one request: each gets the usual budget.
         budget_s = self.config.request_timeout_s * getattr(body, "generations", 1)
-        try:
-            return await asyncio.wait_for(await_response(response), timeout=budget_s + 5)
-        except TimeoutError as err:
-            response.cancel()
-            raise LLMUnavailableError(f"agent {name} did not answer within {budget_s:.0f} s") from err
+        # An agent replica lost under the request (its process or its whole node) has not answered: the
+        # request is sent once more, and Serve routes it to a live replica.
+        for attempt in range(AGENT_RETRIES + 1):
+            response = handle.answer.remote(body)
+            try:
+                return await asyncio.wait_for(await_response(response), timeout=budget_s + 5)
+            except TimeoutError as err:
+                response.cancel()
+                raise LLMUnavailableError(f"agent {name} did not answer within {budget_s:.0f} s") from err
+            except REPLICA_LOST as err:
+                if attempt == AGENT_RETRIES:
+                    raise LLMUnavailableError(f"agent {name} lost its replica: {err}") from err
+                logger.warning("agent %s: replica lost, sending the request again: %s", name, err)
 
     # -- collections
 

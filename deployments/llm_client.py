@@ -18,11 +18,12 @@ from ray.serve.handle import DeploymentHandle
 from llm import EngineDeadError, GenerateRequest, GenerateResult, InvalidRequestError, LLMUnavailableError, StreamDelta
 from routing.prefix_affinity import PrefixKeyConfig
 
-__all__ = ["LLMPoolClient", "await_response"]
+__all__ = ["LLMPoolClient", "REPLICA_LOST", "await_response"]
 
 logger = logging.getLogger(__name__)
 
-_REPLICA_LOST = (ActorDiedError, ActorUnavailableError, RayActorError, ReplicaUnavailableError, EngineDeadError)
+# A replica that died under a request (process or node lost): the request may be sent again.
+REPLICA_LOST = (ActorDiedError, ActorUnavailableError, RayActorError, ReplicaUnavailableError, EngineDeadError)
 
 
 class LLMPoolClient:
@@ -63,7 +64,7 @@ class LLMPoolClient:
             except TimeoutError as err:
                 response.cancel()
                 raise LLMUnavailableError(f"the LLM pool did not answer within {self._timeout_s:.0f} s") from err
-            except _REPLICA_LOST as err:
+            except REPLICA_LOST as err:
                 last_err = err
                 logger.warning("LLM replica lost (attempt %d): %s", attempt + 1, err)
             except (BackPressureError, DeploymentUnavailableError) as err:
@@ -90,7 +91,7 @@ class LLMPoolClient:
                 except RayTaskError as err:
                     done = True
                     raise _unwrap(err) from err
-                except (*_REPLICA_LOST, BackPressureError, DeploymentUnavailableError) as err:
+                except (*REPLICA_LOST, BackPressureError, DeploymentUnavailableError) as err:
                     done = True
                     raise LLMUnavailableError(f"the LLM pool failed mid-stream: {err}") from err
                 if delta.result is not None:

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
 from ray.util import metrics
 
+from llm.model_files import model_on_this_node
 from llm import (
     EngineConfig,
     GenerateRequest,
@@ -114,6 +115,7 @@ class LLMReplica:
         if config.bind_cores and not _has_gpu():
             _bind_threads(context.rank.local_rank)
         engine_config = config.engine
+        model_on_this_node(engine_config.model)  # another node of the cluster: prepared here on first use
         kv_events = _kv_events_publishing(config.kv_events, context)
         self._kv_endpoints = None if kv_events is None else _kv_endpoints(config.kv_events, context, kv_events.topic)
         self._server = LLMServer(

@@ -12,6 +12,8 @@ rebuilt.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import logging
@@ -25,7 +27,7 @@ from pathlib import Path
 
 from settings.paths import default_model_dir, env_model_path
 
-__all__ = ["ensure_model", "resolve_model_path", "verify_model_dir"]
+__all__ = ["ensure_model", "model_on_this_node", "resolve_model_path", "verify_model_dir"]
 
 logger = logging.getLogger(__name__)
 
@@ -106,16 +108,34 @@ def _check_loads(out_dir: Path) -> None:
         raise RuntimeError("prepared tokenizer does not round-trip text")
 
 
+@contextlib.contextmanager
+def _node_lock(target: Path):
+    """One preparer per folder on a node: replicas that start together on a new node wait for the first."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with open(target.parent / f".{target.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 def ensure_model(target: Path | None = None, force: bool = False) -> Path:
     """Build the model folder unless a verified one is already there; returns its path."""
     target = target or default_model_dir()
-    reason = None if force else verify_model_dir(target)
-    if not force and reason is None:
+    if not force and verify_model_dir(target) is None:
         logger.info("model ready at %s", target)
         return target
+    with _node_lock(target):
+        reason = None if force else verify_model_dir(target)  # another process may have finished it meanwhile
+        if reason is None and not force:
+            return target
+        return _prepare(target, reason)
+
+
+def _prepare(target: Path, reason: str | None) -> Path:
     logger.info("preparing model at %s (%s)", target, reason or "forced")
     started = time.perf_counter()
-    target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
         tmp_path = Path(tmp)
         staging = tmp_path / "staging"
@@ -138,3 +158,20 @@ def resolve_model_path(path: str | None = None) -> str:
     if path:
         return path
     return env_model_path() or str(ensure_model())
+
+
+def model_on_this_node(path: str) -> str:
+    """``path`` as this node sees it: the embedded default model is prepared here on first use.
+
+    The app builder resolves the model on one node; replicas may run on others (a multi-node Ray
+    cluster), each with its own model folder. The marker is the cheap check (the builder verified the
+    folder's checksums where it ran). Any other folder is the user's to put on every node, or on a path
+    every node mounts, and the error says so."""
+    folder = Path(path)
+    if folder == default_model_dir() and not (folder / MARKER).is_file():
+        logger.info("model not on this node yet: preparing %s", folder)
+        return str(ensure_model(folder))
+    if not folder.is_dir():
+        raise FileNotFoundError(f"model folder {path} is not on this node: put it on every node, or on a path "
+                                "every node mounts (model.path or $TCRAG_MODEL)")
+    return path

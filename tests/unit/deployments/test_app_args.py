@@ -326,3 +326,12 @@ def test_build_composes_every_part_with_per_agent_args_without_starting_ray(tmp_
     assert qa.num_replicas == 1
     assert qa_cls.cache_settings.max_cache_size_mb in _values_named(qa_args, "max_cache_size_mb")
     assert qa_cls.collection in _values_named(qa_args, "collection")
+
+
+def test_max_replicas_per_node_is_passed_to_serve_only_when_set():
+    assert "max_replicas_per_node" not in AppArgs.model_validate({}).llm.options()
+    spread = AppArgs.model_validate({"llm": {"max_replicas_per_node": 1}, "gateway": {"max_replicas_per_node": 1}})
+    assert spread.llm.options()["max_replicas_per_node"] == 1
+    assert spread.gateway.options()["max_replicas_per_node"] == 1
+    with pytest.raises(ValueError, match="max_replicas_per_node"):
+        AppArgs.model_validate({"llm": {"max_replicas_per_node": 0}})

@@ -290,3 +290,38 @@ def test_the_gateway_refuses_an_oversized_body_sent_without_content_length(clien
 def test_the_gateway_app_carries_the_body_limit():
     assert any(m.cls is gateway.BodyLimit and m.kwargs == {"max_bytes": gateway.MAX_BODY_BYTES}
                for m in gateway.app.user_middleware)
+
+
+# ----------------------------------------------------------------------------- an agent replica lost
+
+
+class LosingAgentHandle(FakeAgentHandle):
+    """An agent handle whose first ``lost`` calls die as a replica on a lost node does."""
+
+    def __init__(self, name: str, lost: int) -> None:
+        super().__init__(name)
+        self.lost = lost
+        self.calls = 0
+
+    async def _answer(self, body):
+        from ray.exceptions import ActorDiedError
+
+        self.calls += 1
+        if self.calls <= self.lost:
+            raise ActorDiedError()
+        return await super()._answer(body)
+
+
+def test_a_request_whose_agent_replica_died_is_sent_once_more(client, instance):
+    instance._agents["support"] = handle = LosingAgentHandle("support", lost=1)
+    response = client.post(SUPPORT, json={"query": "reset my password"})
+    assert response.status_code == 200, response.text
+    assert handle.calls == 2 and len(handle.requests) == 1
+
+
+def test_an_agent_lost_twice_is_503_with_retry_after(client, instance):
+    instance._agents["support"] = handle = LosingAgentHandle("support", lost=5)
+    response = client.post(SUPPORT, json={"query": "reset my password"})
+    assert response.status_code == 503, response.text
+    assert response.headers["Retry-After"] == str(gateway.RETRY_AFTER_S)
+    assert handle.calls == gateway.AGENT_RETRIES + 1 and "lost its replica" in response.json()["error"]["message"]
