@@ -52,7 +52,7 @@ def _merge(base: dict, extra: dict) -> None:
             base[key] = value
 
 
-def _kill_orphaned_engines() -> None:
+def kill_orphaned_engines() -> None:
     """A safety net: vLLM's engine processes end themselves within seconds of losing their replica
     (`llm.engine_lifetime`), but one re-parented to init would hold GBs, so the tests still reap any."""
     import psutil
@@ -139,4 +139,4 @@ class AppProcess:
                 self._proc.wait()
         self._proc = None
         self._log.close()
-        _kill_orphaned_engines()
+        kill_orphaned_engines()

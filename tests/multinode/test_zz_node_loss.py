@@ -1,0 +1,94 @@
+"""A worker node stopped under load (``ray stop`` for that node), then rejoined (issue 17).
+
+Named ``zz`` so it runs after the other multinode tests. Load: 3 threads sending the six agents' requests
+round robin, no client retries, every non-200 a failure. A request in flight on the lost node is sent
+again by the app itself: the gateway resends a request whose agent replica died, the pool client one
+whose LLM replica died. The counts are printed and written to ``node_loss.json`` beside the cluster's logs.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+import pytest
+
+from benchmarks.soak import MixedLoad
+
+pytestmark = pytest.mark.multinode
+
+WORKERS = 3
+REJOIN_TIMEOUT_S = 600.0
+
+
+def _wait_ok(load: MixedLoad, more: int, timeout_s: float = 300.0) -> None:
+    target = load.report.ok + more
+    deadline = time.monotonic() + timeout_s
+    while load.report.ok < target and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert load.report.ok >= target, f"load stalled: {load.report.summary()}"
+
+
+def _resent(cluster_app) -> dict[str, int]:
+    """Requests the app sent again after losing a replica, from the replicas' logs on every node."""
+    counts = {"agent_requests_resent": 0, "llm_requests_resent": 0}
+    for log in cluster_app.cluster.temp_dir.glob("session_*/logs/serve/*.log"):
+        text = log.read_text(errors="replace")
+        counts["agent_requests_resent"] += text.count("replica lost, sending the request again")
+        counts["llm_requests_resent"] += text.count("LLM replica lost (attempt")
+    return counts
+
+
+def test_worker_node_stopped_under_load_then_rejoined(cluster_app):
+    cluster = cluster_app.cluster
+    worker = cluster.workers[0]
+    load = MixedLoad(cluster_app.base_url, workers=WORKERS, extra={"max_tokens": 8}, timeout_s=300).start()
+    try:
+        _wait_ok(load, 6)
+        # Ray exports a replica's counters every few seconds: wait until the worker's shows its share.
+        deadline = time.monotonic() + 120
+        while (served_by_worker_before := cluster.metric_total(worker, "tcrag_llm_requests_total")) < 1:
+            assert time.monotonic() < deadline, "the worker's LLM replica served nothing before the stop"
+            _wait_ok(load, 2)
+        sent_before = load.report.sent
+
+        stopped_at = time.monotonic()
+        cluster.stop_node(worker)
+        stop_s = time.monotonic() - stopped_at
+        _wait_ok(load, 12)  # served by the head alone
+        placed_alone = cluster.replicas_by_node()
+        sent_while_down = load.report.sent - sent_before
+
+        rejoin_s = cluster.start_node(worker)
+        deadline = time.monotonic() + REJOIN_TIMEOUT_S
+        while cluster.replicas_by_node().get("llm") != ["head", "worker1"]:
+            assert time.monotonic() < deadline, f"no LLM replica back on the worker: {cluster.replicas_by_node()}"
+            time.sleep(3)
+        replica_back_s = time.monotonic() - stopped_at - stop_s - rejoin_s
+        # The rejoined node's new LLM replica takes load again: its own counter, exported by that node.
+        deadline = time.monotonic() + 300
+        while cluster.metric_total(worker, "tcrag_llm_requests_total") < 1:
+            assert time.monotonic() < deadline, "the rejoined worker's LLM replica served nothing"
+            _wait_ok(load, 3)
+        served_by_worker_after = cluster.metric_total(worker, "tcrag_llm_requests_total")
+    finally:
+        report = load.stop()
+
+    numbers = {
+        "sent": report.sent, "failed": report.failed, "ok": report.ok,
+        "sent_while_worker_down": sent_while_down,
+        "worker_stop_s": round(stop_s, 1), "worker_rejoin_s": round(rejoin_s, 1),
+        "llm_replica_back_on_worker_s": round(replica_back_s, 1),
+        "llm_requests_on_worker_before_stop": served_by_worker_before,
+        "llm_requests_on_rejoined_worker": served_by_worker_after,
+        "placement_while_down": placed_alone,
+        **_resent(cluster_app),
+        "failures": [reason for _, _, reason in report.failures][:10],
+    }
+    print("[multinode] " + json.dumps(numbers), file=sys.stderr, flush=True)
+    (cluster.workdir / "node_loss.json").write_text(json.dumps(numbers, indent=2))
+
+    assert report.failed == 0, f"{report.failed} of {report.sent} requests failed: {numbers['failures']}"
+    assert placed_alone["llm"] == ["head"] and placed_alone["gateway"] == ["head"], placed_alone
+    assert served_by_worker_after >= 1
