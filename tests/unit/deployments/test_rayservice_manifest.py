@@ -17,17 +17,17 @@ import pytest
 import yaml
 
 from agents.registry import AGENTS
-from deployments.app import AppArgs, LLMPoolArgs
+from deployments.app import AppArgs
 
 REPO = Path(__file__).resolve().parents[3]
 MANIFEST = REPO / "deploy" / "rayservice.yaml"
 SECRET_EXAMPLE = REPO / "deploy" / "redis-secret.example.yaml"
 DOCKERFILE = REPO / "deploy" / "Dockerfile"
 
-INTENDED: dict[str, Any] = {}
+INTENDED: dict[str, Any] = {"llm.max_replicas_per_node": 1}
 """Args paths ("llm.num_replicas") whose manifest value differs from serve_config.yaml on purpose, with the
-manifest's value. None today: the pods differ by environment (REDIS_URL, TCRAG_DATA_DIR, TCRAG_HOME), not by
-args. ``llm.max_replicas_per_node: 1`` joins once AppArgs has it (see the test below)."""
+manifest's value: one vLLM engine per worker pod. Otherwise the pods differ by environment (REDIS_URL,
+TCRAG_DATA_DIR, TCRAG_HOME), not by args."""
 
 
 def manifest_docs() -> list[dict[str, Any]]:
@@ -126,12 +126,9 @@ def test_the_manifest_leaves_redis_store_and_model_to_the_pods_environment():
     assert args.model.path is None             # $TCRAG_HOME, the model prepared in the image
 
 
-def test_one_llm_replica_per_node_once_the_app_has_the_option():
-    if "max_replicas_per_node" not in LLMPoolArgs.model_fields:
-        pytest.skip("AppArgs has no llm.max_replicas_per_node yet; the manifest carries it commented out")
+def test_one_llm_replica_per_node():
     (app,) = serve_config_v2()["applications"]
-    assert app["args"]["llm"].get("max_replicas_per_node") == 1, (
-        "uncomment llm.max_replicas_per_node: 1 in deploy/rayservice.yaml and add it to INTENDED")
+    assert AppArgs.model_validate(app["args"]).llm.options()["max_replicas_per_node"] == 1
 
 
 # ------------------------------------------------------------------ the cluster
