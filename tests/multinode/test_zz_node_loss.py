@@ -78,7 +78,7 @@ def test_worker_node_stopped_under_load_then_rejoined(cluster_app):
     numbers = {
         "sent": report.sent, "failed": report.failed, "ok": report.ok,
         "sent_while_worker_down": sent_while_down,
-        "worker_stop_s": round(stop_s, 1), "worker_rejoin_s": round(rejoin_s, 1),
+        "worker_stop_s": round(stop_s, 1), "worker_rejoin_s": round(rejoin_s, 1), "worker_ray_starts": worker.starts,
         "llm_replica_back_on_worker_s": round(replica_back_s, 1),
         "llm_requests_on_worker_before_stop": served_by_worker_before,
         "llm_requests_on_rejoined_worker": served_by_worker_after,
