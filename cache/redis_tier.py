@@ -138,6 +138,7 @@ class RedisTier:
         # Of the errors, those that were only slowness (the call timed out); the rest are failures.
         self.timeouts = 0
         self.is_cluster = _is_cluster_client(client)
+        self._topology_load: asyncio.Future | None = None
 
     @classmethod
     def from_url(
@@ -205,8 +206,29 @@ class RedisTier:
         """What SCAN must visit: the server (None), or every master of the cluster."""
         if not self.is_cluster:
             return [None]
-        await self._call(self._client.initialize, self._slow_timeout_s)  # a no-op once the slot map is known
-        return list(self._client.get_primaries())
+
+        async def primaries() -> list[Any]:
+            return list(self._client.get_primaries())  # _call has loaded the slot map
+
+        return await self._call(primaries, self._slow_timeout_s)
+
+    async def _topology_ready(self) -> None:
+        """Load the cluster's slot map (CLUSTER SLOTS + COMMAND, ~30 ms idle) when redis-py needs it: at
+        first use and after a connection error. The load runs as a task of its own with the slow budget,
+        and callers wait for it within their own budget (shielded): a read that times out is a miss, but
+        the load goes on, so the next call finds the map instead of starting over under a 50-200 ms
+        budget that a busy machine may never meet."""
+        if not getattr(self._client, "_initialize", False):  # redis-py's "slot map needed" flag
+            return
+        if self._topology_load is None or self._topology_load.done():
+            async def load() -> None:
+                async with asyncio.timeout(self._slow_timeout_s):
+                    await self._client.initialize()
+
+            self._topology_load = asyncio.ensure_future(load())
+            # A failed load is reported to whoever awaits it; nobody may, so retrieve it here too.
+            self._topology_load.add_done_callback(lambda f: f.cancelled() or f.exception())
+        await asyncio.shield(self._topology_load)
 
     async def _scan_page(self, node: Any, cursor: int, pattern: str) -> tuple[int, list]:
         if node is None:
@@ -223,6 +245,8 @@ class RedisTier:
             raise BackendUnavailableError("redis circuit open")
         try:
             async with asyncio.timeout(timeout_s or self.timeout_s):  # no extra task, unlike wait_for
+                if self.is_cluster:
+                    await self._topology_ready()
                 result = await coro_fn()
         except (asyncio.TimeoutError, TimeoutError, RedisTimeoutError) as err:
             self.breaker.record_failure()
