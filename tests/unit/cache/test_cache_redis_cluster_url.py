@@ -57,3 +57,41 @@ def test_parse_cluster_url_rejects(url):
     with pytest.raises(ValueError):
         parse_cluster_url(url)
 
+
+
+class SlowTopologyClient:
+    """Stands in for a RedisCluster whose slot map takes longer to load than a read's budget."""
+
+    def __init__(self, load_s):
+        self._initialize = True  # redis-py's "slot map needed" flag
+        self.load_s = load_s
+        self.loads = 0
+        self.data = {"k": b"v"}
+
+    async def initialize(self):
+        import asyncio
+
+        self.loads += 1
+        await asyncio.sleep(self.load_s)
+        self._initialize = False
+        return self
+
+    async def mget_nonatomic(self, keys):
+        return [self.data.get(k) for k in keys]
+
+
+async def test_a_slot_map_load_outlives_the_read_that_started_it():
+    """The first read times out (a miss) while the map loads; the load goes on, and the next read hits
+    without loading again."""
+    import asyncio
+
+    from cache.breaker import CircuitBreaker
+
+    client = SlowTopologyClient(load_s=0.15)
+    tier = RedisTier(client, timeout_s=0.05, breaker=CircuitBreaker(failure_threshold=5))
+    tier.is_cluster = True
+    assert await tier.get_many(["k"]) == {}
+    assert tier.timeouts == 1
+    await asyncio.sleep(0.2)
+    assert await tier.get_many(["k"]) == {"k": b"v"}
+    assert client.loads == 1
