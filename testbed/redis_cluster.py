@@ -264,10 +264,29 @@ class RedisClusterServer:
         self._say(f"killed node {port}")
 
     def kill_master(self, index: int = 0) -> int:
-        """SIGKILL the ``index``-th live master (by port order); returns its port."""
-        port = self.master_ports()[index]
+        """SIGKILL the ``index``-th live master that has a connected replica (so it can fail over), by
+        port order; returns its port."""
+        nodes = self.nodes()
+        with_replica = {n.master_id for n in nodes if n.master_id and n.connected and self.running(n.port)}
+        ports = sorted(n.port for n in nodes
+                       if n.is_master and n.slots and n.node_id in with_replica and self.running(n.port))
+        port = ports[index]
         self.kill(port)
         return port
+
+    def restart(self, port: int, timeout_s: float = 20.0) -> float:
+        """Start a killed node again (same port and nodes file): it rejoins as a replica of the master that
+        took its slots. Waits for its replication link and cluster_state:ok; returns seconds."""
+        if self.running(port):
+            raise RuntimeError(f"node {port} is running")
+        t0 = time.monotonic()
+        self._spawn(port)
+        deadline = t0 + timeout_s
+        self._wait_ping(port, deadline)
+        self._wait(lambda: self._link_up(port), deadline, f"node {port} to rejoin as a replica")
+        self.wait_ok(deadline - time.monotonic())
+        self._say(f"node {port} rejoined as a replica in {time.monotonic() - t0:.1f}s")
+        return time.monotonic() - t0
 
 
 def _port_free(port: int) -> bool:
