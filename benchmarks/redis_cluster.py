@@ -159,9 +159,14 @@ async def read_strategies(cluster: RedisClusterServer, iterations: int, warmup: 
     return out
 
 
-async def failover(cluster: RedisClusterServer, duration_s: float, workers: int, kill_at_s: float = 2.0) -> dict:
+async def failover(cluster: RedisClusterServer, duration_s: float, workers: int, kill_at_s: float = 2.0,
+                   cooldown_s: float | None = None) -> dict:
     config = TokenCacheConfig(redis_url=cluster.url)
-    tier = redis_tier_from_config(config)
+    if cooldown_s is None:
+        tier = redis_tier_from_config(config)  # exactly as the app builds it
+    else:
+        tier = RedisTier.from_url(cluster.url, ttl_s=config.redis_ttl_s, timeout_s=config.redis_timeout_s,
+                                  cooldown_s=cooldown_s)
     assert tier is not None and tier.is_cluster
     rng = random.Random(1)
     value = rng.randbytes(VALUE_BYTES)
@@ -259,6 +264,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--warmup", type=int, default=200)
     p.add_argument("--failover-s", type=float, default=12.0, help="length of the failover run")
     p.add_argument("--workers", type=int, default=4)
+    p.add_argument("--breaker-cooldown-s", type=float, default=None,
+                   help="the failover tier's breaker cooldown (default: the app's, RedisTier.from_url's 2 s)")
+    p.add_argument("--skip-reads", action="store_true", help="only the failover part")
     p.add_argument("--rounds", type=int, default=3,
                    help="failovers, one after another (the killed node rejoins as a replica between them)")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT)
@@ -269,10 +277,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     cluster.start()
     try:
         load_before = os.getloadavg()[0]
-        reads = asyncio.run(read_strategies(cluster, args.iterations, args.warmup))
+        reads = None if args.skip_reads else asyncio.run(read_strategies(cluster, args.iterations, args.warmup))
         rounds = []
         for i in range(args.rounds):
-            fo = asyncio.run(failover(cluster, args.failover_s, args.workers))
+            fo = asyncio.run(failover(cluster, args.failover_s, args.workers, cooldown_s=args.breaker_cooldown_s))
             print(f"[redis-cluster] failover {i + 1}/{args.rounds}: {json.dumps(fo)}", file=sys.stderr, flush=True)
             fo["killed_node_rejoined_as_replica_s"] = round(cluster.restart(fo["killed_master_port"]), 3)
             rounds.append(fo)
@@ -281,7 +289,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         cluster.stop()
     result = {
         "schema": "token-cached-rag/redis-cluster/v1",
-        "command": "python -m benchmarks.redis_cluster " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "command": " ".join(["python -m benchmarks.redis_cluster", *(argv if argv is not None else sys.argv[1:])]),
         "machine": machine_info(""),
         "loadavg_1m": {"before": round(load_before, 2), "after": round(load_after, 2)},
         "cluster": {"masters": 3, "replicas_per_master": 1, "cluster_node_timeout_ms": 1000,

@@ -22,7 +22,7 @@ redis-py's ``RedisCluster`` instead, with the same timeouts, retry and breaker; 
 startup node, and any live one is enough to discover the rest. Keys keep their format (no hash tags), so
 a collection's entries spread over every master by CRC16 slot. Hash tags (``{collection:fp16}``, one slot
 per collection and tokenizer) would make a read one MGET to one master: measured on 3 local masters
-(benchmarks/results/redis_cluster.json) 192 vs 253 µs p50 for 5 keys and 297 vs 515 µs for 20, a
+(benchmarks/results/redis_cluster.json) ~180 vs ~245 µs p50 for 5 keys and ~280 vs ~500 µs for 20, a
 fraction of a millisecond against a 200 ms budget; but they put a whole collection's memory and reads on
 one master (a one-collection deployment would not spread at all), so the spread wins. The differences
 live in a few small places: reads are ``mget_nonatomic`` (keys grouped by slot, one pipeline per master,
@@ -30,8 +30,9 @@ the masters asked concurrently); SCAN runs on every master in turn; UNLINK of ma
 by redis-py (writes already are a non-transactional pipeline, which redis-py splits per master); and the
 slot map is loaded in a task of its own (``_topology_ready``). A master that dies fails every read (a
 batch touches every master) and opens the breaker: misses, never errors to the caller, until its replica
-is promoted, redis-py reloads the slot map and the breaker's next probe succeeds (measured: promoted
-2.1 s after a SIGKILL with cluster-node-timeout 1 s, hits back after 4.7 s with the 2 s cooldown).
+is promoted, redis-py reloads the slot map and the breaker's next probe succeeds (measured, 3 local
+masters, cluster-node-timeout 1 s: cluster_state ok 2.3-2.6 s after a SIGKILL, hits back 4.2-4.7 s after
+it with the 2 s breaker cooldown, 2.4-3.2 s with a 0.5 s cooldown).
 """
 
 from __future__ import annotations
