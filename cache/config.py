@@ -24,7 +24,9 @@ class TokenCacheConfig(BaseModel):
         86_400.0, gt=0, description="Seconds a Redis (L2) entry lives; None means no expiry."
     )
     redis_url: str | None = Field(
-        None, description="Redis URL for the L2 tier, e.g. redis://127.0.0.1:6379/0; None disables Redis."
+        None,
+        description="Redis URL for the L2 tier, e.g. redis://127.0.0.1:6379/0, or a Redis Cluster as "
+        "redis+cluster://host:port[,host:port...] (rediss+cluster:// for TLS); None disables Redis.",
     )
     redis_timeout_s: float = Field(0.2, gt=0, description="Timeout of one Redis round trip, in seconds (see serve_config.yaml for why 0.2).")
     shard_timeout_s: float = Field(0.25, gt=0, description="Timeout of one call to a cache shard, in seconds.")

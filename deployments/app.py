@@ -138,7 +138,9 @@ class CacheArgs(TokenCacheConfig):
     shard_ttl_s: float | None = Field(default=7200.0, gt=0, description="Seconds a shard entry lives.")
     shard_num_cpus: float = Field(default=0.05, gt=0, description="Ray CPUs per shard replica.")
     redis_url: str | None = Field(
-        default=None, description=f"Redis URL; null: $REDIS_URL, else {DEFAULT_REDIS_URL}. 'none' disables Redis."
+        default=None,
+        description=f"Redis URL; null: $REDIS_URL, else {DEFAULT_REDIS_URL}. A Redis Cluster: "
+        "redis+cluster://host:port[,host:port...] (rediss+cluster:// for TLS). 'none' disables Redis.",
     )
 
     def client_config(self, **per_agent: Any) -> TokenCacheConfig:
