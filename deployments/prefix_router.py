@@ -14,7 +14,9 @@ Configure it on the LLM deployment (``serve_config.yaml``)::
 With ``kv_routing.enabled`` (and ``llm.kv_events.enabled`` on the replicas) the decision is
 ``routing.kv_policy.KVAwarePolicy``'s instead: the replicas' KV events, read by a subscriber per router
 process (``deployments/kv_subscriber.py``), say which blocks each holds; it falls back to the affinity
-policy while the index is cold. Not yet run in a live app.
+policy while the index is cold. Not yet run in a live app. It then also exports, per replica unique id,
+the index's resident blocks and status and the prompt tokens it predicted cached
+(``routing/kv_metrics.py``), to compare with the replicas' own ``tcrag_llm_prefix_cached_tokens``.
 
 One router instance runs in every process that holds a handle to the LLM deployment (each agent
 replica, the gateway, the proxy); they agree on the owner of a key without talking to each other
@@ -26,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import OrderedDict
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -34,7 +37,8 @@ from ray.util import metrics
 
 from deployments.kv_subscriber import KVEventSubscriber, ReplicaEndpoints
 from routing.kv_index import KVBlockIndex
-from routing.kv_policy import KVAwarePolicy, KVPolicyConfig, LoadTracker
+from routing.kv_metrics import KVIndexMetrics, MetricsFactory
+from routing.kv_policy import KVAwarePolicy, KVPolicyConfig, KVRoutingDecision, LoadTracker
 from routing.prefix_affinity import (
     DEFAULT_LOAD_FACTOR,
     PrefixAffinityPolicy,
@@ -46,7 +50,7 @@ from routing.prefix_affinity import (
 if TYPE_CHECKING:
     from ray.serve._private.replica_result import ReplicaResult
 
-__all__ = ["KVRoutingArgs", "PrefixAffinityRouter", "PrefixRouterConfig"]
+__all__ = ["KVRoutingArgs", "PrefixAffinityRouter", "PrefixRouterConfig", "RayMetricsFactory"]
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +64,9 @@ class KVRoutingArgs(BaseModel):
     enabled: bool = Field(default=False, description="Score replicas by the KV blocks their events report.")
     policy: KVPolicyConfig = Field(default_factory=KVPolicyConfig, description="Scoring knobs (routing.kv_policy).")
     replay_timeout_s: float = Field(default=1.0, gt=0, description="Wait for a replica's replay answer.")
+    metrics_interval_s: float = Field(
+        default=5.0, ge=0, description="Refresh the index gauges (routing.kv_metrics) at most this often.",
+    )
 
 
 class PrefixRouterConfig(PrefixKeyConfig):
@@ -80,6 +87,24 @@ class PrefixRouterConfig(PrefixKeyConfig):
     kv_routing: KVRoutingArgs = Field(default_factory=KVRoutingArgs, description="KV-event routing (off by default).")
 
 
+class RayMetricsFactory:
+    """``routing.kv_metrics.MetricsFactory`` over ``ray.util.metrics``, every metric carrying ``default_tags``."""
+
+    def __init__(self, default_tags: dict[str, str]) -> None:
+        self._default_tags = dict(default_tags)
+
+    def _keys(self, tag_keys: Sequence[str]) -> tuple[str, ...]:
+        return (*self._default_tags, *(k for k in tag_keys if k not in self._default_tags))
+
+    def gauge(self, name: str, description: str, tag_keys: Sequence[str]) -> metrics.Gauge:
+        return metrics.Gauge(name, description=description, tag_keys=self._keys(tag_keys)).set_default_tags(
+            self._default_tags)
+
+    def counter(self, name: str, description: str, tag_keys: Sequence[str]) -> metrics.Counter:
+        return metrics.Counter(name, description=description, tag_keys=self._keys(tag_keys)).set_default_tags(
+            self._default_tags)
+
+
 class _KVRouting:
     """The router's KV-event state: index, subscriber, this router's load estimates, the policy.
 
@@ -90,17 +115,19 @@ class _KVRouting:
 
     _MAX_MEMO = 10_000
 
-    def __init__(self, config: PrefixRouterConfig, fallback: PrefixAffinityPolicy) -> None:
+    def __init__(self, config: PrefixRouterConfig, fallback: PrefixAffinityPolicy,
+                 metrics_factory: MetricsFactory) -> None:
         self.index = KVBlockIndex()
         self.tracker = LoadTracker()
         self.policy = KVAwarePolicy(self.index, fallback, config.kv_routing.policy,
                                     fallback_key_block_size=config.block_size,
                                     fallback_key_max_blocks=config.max_blocks)
+        self.metrics = KVIndexMetrics(self.index, metrics_factory, config.kv_routing.metrics_interval_s)
         self._replay_timeout_s = config.kv_routing.replay_timeout_s
         self.subscriber: KVEventSubscriber | None = None
         self._task: asyncio.Task[None] | None = None
-        # internal request id -> (prefill tokens, decode tokens, reason), from choose to on_request_routed
-        self.memo: OrderedDict[str, tuple[int, int, str]] = OrderedDict()
+        # internal request id -> (decision, prompt tokens, decode tokens), from choose to on_request_routed
+        self.memo: OrderedDict[str, tuple[KVRoutingDecision, int, int]] = OrderedDict()
 
     def sync(self, replicas: list[RunningReplica], running: set[str]) -> None:
         """Connect to the candidates' publishers as ``record_routing_stats`` reveals them, and drop the
@@ -114,13 +141,15 @@ class _KVRouting:
             endpoints = stats.get("kv_events") if isinstance(stats, dict) else None
             if isinstance(endpoints, dict) and endpoints.get("endpoint"):
                 self.subscriber.connect(rid, ReplicaEndpoints(endpoints["endpoint"], endpoints.get("replay_endpoint")))
-        for rid in self.subscriber.connected():
-            if rid not in running:
-                self.subscriber.disconnect(rid)
-                self.tracker.remove_replica(rid)
+        left = [rid for rid in self.subscriber.connected() if rid not in running]
+        for rid in left:
+            self.subscriber.disconnect(rid)
+            self.tracker.remove_replica(rid)
+        if left:
+            self.metrics.refresh()  # their gauges drop to 0 now rather than at the next refresh
 
-    def remember(self, request_id: str, prefill_tokens: int, decode_tokens: int, reason: str) -> None:
-        self.memo[request_id] = (prefill_tokens, decode_tokens, reason)
+    def remember(self, request_id: str, decision: KVRoutingDecision, prompt_tokens: int, decode_tokens: int) -> None:
+        self.memo[request_id] = (decision, prompt_tokens, decode_tokens)
         self.memo.move_to_end(request_id)
         while len(self.memo) > self._MAX_MEMO:  # requests cancelled before routing never come back
             self.memo.popitem(last=False)
@@ -145,6 +174,8 @@ class PrefixAffinityRouter(RequestRouter):
             description="LLM requests placed by the prefix-affinity router, by replica and reason.",
             tag_keys=("deployment", "replica", "reason"),
         ).set_default_tags({"deployment": self._deployment_id.name})
+        # Makes the KV-routing metrics (routing.kv_metrics) once kv_routing is on; tests swap in a fake.
+        self._kv_metrics_factory: MetricsFactory = RayMetricsFactory({"deployment": self._deployment_id.name})
 
     def initialize_state(self, **kwargs: Any) -> None:
         """Called by Serve with ``request_router_config.request_router_kwargs``."""
@@ -153,7 +184,8 @@ class PrefixAffinityRouter(RequestRouter):
         except ValidationError as err:
             raise ValueError(f"invalid request_router_kwargs for PrefixAffinityRouter: {err}") from err
         self._policy = PrefixAffinityPolicy(self._config.load_factor, self._config.vnodes)
-        self._kv = _KVRouting(self._config, self._policy) if self._config.kv_routing.enabled else None
+        self._kv = (_KVRouting(self._config, self._policy, self._kv_metrics_factory)
+                    if self._config.kv_routing.enabled else None)
         logger.info("PrefixAffinityRouter for %s: %s", self._deployment_id, self._config)
 
     @staticmethod
@@ -237,9 +269,9 @@ class PrefixAffinityRouter(RequestRouter):
             self._kv.sync(candidate_replicas, set(by_id) | set(self._replicas_by_unique_id()))
             kv_decision = self._kv.policy.choose(list(by_id), prompt, self._kv.tracker.loads(), lengths)
             max_tokens = getattr(self._request(pending_request), "max_tokens", None)
-            self._kv.remember(pending_request.metadata.internal_request_id,
-                              max(1, len(prompt.token_ids) - kv_decision.matched_tokens),
-                              max_tokens if isinstance(max_tokens, int) else 0, kv_decision.reason)
+            self._kv.remember(pending_request.metadata.internal_request_id, kv_decision, len(prompt.token_ids),
+                              max_tokens if isinstance(max_tokens, int) else 0)
+            self._kv.metrics.maybe_refresh()  # one pass over the index's replicas, at most every few seconds
             chosen_id = kv_decision.replica_id
         else:
             chosen_id = self._policy.choose(list(by_id), key, lengths).replica_id
@@ -273,9 +305,13 @@ class PrefixAffinityRouter(RequestRouter):
         if self._kv is not None:
             memo = self._kv.memo.pop(pending_request.metadata.internal_request_id, None)
             if memo is not None:
-                prefill, decode, kv_reason = memo
-                self._kv.tracker.routed(pending_request.metadata.internal_request_id, replica, prefill, decode)
-                self._routed_counter.inc(tags={"replica": replica, "reason": kv_reason})
+                decision, prompt_tokens, decode = memo
+                # Ray may have placed it off the chosen replica (full): count what the policy believed there.
+                predicted = decision.predicted_cached_tokens(replica)
+                self._kv.tracker.routed(pending_request.metadata.internal_request_id, replica,
+                                        max(1, prompt_tokens - predicted), decode)
+                self._kv.metrics.routed(replica, predicted)
+                self._routed_counter.inc(tags={"replica": replica, "reason": decision.reason})
                 return
         key = self._request_key(pending_request)
         if key is None:

@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -119,6 +119,15 @@ class KVRoutingDecision:
     reason: KVRoutingReason
     matched_tokens: int = 0  # prompt tokens the chosen replica is believed to hold
     expected_ttft_s: float | None = None  # None for fallback decisions
+    # Prompt tokens every scored candidate is believed to hold (the chosen one's is ``matched_tokens``),
+    # for when Ray places the request on another replica than the chosen one; empty for fallbacks.
+    matched_tokens_by_replica: Mapping[str, int] = field(default_factory=dict, hash=False)
+
+    def predicted_cached_tokens(self, replica_id: str) -> int:
+        """Prompt tokens the policy expects ``replica_id`` to serve from its cache (0 when unscored)."""
+        if replica_id == self.replica_id:
+            return self.matched_tokens
+        return self.matched_tokens_by_replica.get(replica_id, 0)
 
 
 class LoadTracker:
@@ -280,8 +289,10 @@ class KVAwarePolicy:
         n_tokens = len(prompt.token_ids)
         best: tuple[float, int, str] | None = None
         best_matched, best_ttft = 0, 0.0
+        by_replica: dict[str, int] = {}
         for replica in unique:
             hit_blocks = max(matched.get(replica, 0), pending[replica])
+            by_replica[replica] = min(n_tokens, hit_blocks * block_size)
             # vLLM always computes at least the prompt's last token, so a fully cached prompt still
             # prefills one token (it then reports one block fewer cached when the prompt ends on a
             # block boundary; the difference is negligible here).
@@ -296,7 +307,7 @@ class KVAwarePolicy:
         chosen = best[2]
         self._pending.note(chosen, keys)
         reason: KVRoutingReason = "kv_match" if best_matched > 0 else "kv_load"
-        return KVRoutingDecision(chosen, reason, min(n_tokens, best_matched * block_size), best_ttft)
+        return KVRoutingDecision(chosen, reason, min(n_tokens, best_matched * block_size), best_ttft, by_replica)
 
     def _fall_back(
         self,

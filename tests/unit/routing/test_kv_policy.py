@@ -106,6 +106,17 @@ def test_routed_prompt_counts_as_present_until_its_ttl() -> None:
     assert third.replica_id != first.replica_id
 
 
+def test_decision_states_what_every_scored_candidate_is_believed_to_hold() -> None:
+    index = warm_index()
+    store(index, "r1", CONTEXT[: 2 * BS])
+    store(index, "r2", CONTEXT[: 6 * BS])
+    decision = policy(index).choose(REPLICAS, prompt(7), {})
+    assert decision.matched_tokens_by_replica == {"r1": 2 * BS, "r2": 6 * BS, "r3": 0, "r4": 0}
+    assert decision.predicted_cached_tokens("r2") == decision.matched_tokens == 6 * BS
+    assert decision.predicted_cached_tokens("r1") == 2 * BS  # had Ray placed it there instead
+    assert decision.predicted_cached_tokens("elsewhere") == 0
+
+
 def test_cold_index_falls_back_to_affinity_routing() -> None:
     index = KVBlockIndex()  # no replica heard from
     p = prompt(7)
@@ -113,6 +124,7 @@ def test_cold_index_falls_back_to_affinity_routing() -> None:
     expected = PrefixAffinityPolicy().choose(REPLICAS, prefix_key(p.token_ids, 16, 64, p.prefix_len), {})
     assert decision.replica_id == expected.replica_id and decision.reason == "fallback_affinity"
     assert decision.expected_ttft_s is None
+    assert decision.predicted_cached_tokens(decision.replica_id) == 0  # the index is not consulted
 
 
 def test_fallback_uses_the_load_bound() -> None:
