@@ -62,8 +62,9 @@ class LLMReplicaConfig(BaseModel):
 
 
 def _bind_threads(local_rank: int) -> None:
-    cores = os.cpu_count() or 1
-    core = local_rank % cores
+    # The cores this process may run on (a container's cpuset, a node's share), not the host's count.
+    cores = sorted(os.sched_getaffinity(0)) or [0]
+    core = cores[local_rank % len(cores)]
     # vLLM CPU binds OpenMP to core 0 and reserves the rest by default; every replica would share core 0.
     os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", str(core))
     os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
