@@ -7,48 +7,24 @@ a fake vLLM-style publisher stands in for one replica's engine.
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass, field
 
 import pytest
 
 pytest.importorskip("ray")
-from ray.serve._private.common import DeploymentHandleSource, DeploymentID, ReplicaID, RequestMetadata  # noqa: E402
-from ray.serve.request_router import PendingRequest  # noqa: E402
-
 from deployments.kv_subscriber import kv_topic  # noqa: E402
-from deployments.prefix_router import PrefixAffinityRouter  # noqa: E402
 from routing.kv_events import BlockStored, KVEventBatch  # noqa: E402
 from routing.prefix_affinity import PrefixAffinityPolicy, prefix_key  # noqa: E402
 from tests.fakes.fake_kv_publisher import FakeKVPublisher  # noqa: E402
+from tests.fakes.router_doubles import fake_replica, make_router, pending  # noqa: E402
 
 pytestmark = pytest.mark.integration
 
-DEPLOYMENT = DeploymentID(name="llm", app_name="tcrag")
 BS = 32
 CONTEXT = [3000 + i for i in range(8 * BS)]
 
 
-@dataclass
-class FakeRunningReplica:
-    replica_id: ReplicaID
-    max_ongoing_requests: int = 8
-    routing_stats: dict = field(default_factory=dict)
-
-
-def _router(replicas, **kwargs) -> PrefixAffinityRouter:
-    router = PrefixAffinityRouter(deployment_id=DEPLOYMENT, handle_source=DeploymentHandleSource.UNKNOWN,
-                                  use_replica_queue_len_cache=True)
-    router.initialize_state(**kwargs)
-    for replica in replicas:
-        router.replica_queue_len_cache.update(replica.replica_id, 0)
-    router._replicas = {r.replica_id: r for r in replicas}
-    return router
-
-
-def _pending(request_id: str) -> PendingRequest:
-    metadata = RequestMetadata(request_id=request_id, internal_request_id=request_id)
-    body = {"prompt_token_ids": CONTEXT + [7] * 20, "prefix_len": len(CONTEXT)}
-    return PendingRequest(args=[body], kwargs={}, metadata=metadata)
+def _pending(request_id: str):
+    return pending({"prompt_token_ids": CONTEXT + [7] * 20, "prefix_len": len(CONTEXT)}, request_id)
 
 
 async def test_router_follows_the_events_to_the_replica_holding_the_prompt() -> None:
@@ -56,10 +32,9 @@ async def test_router_follows_the_events_to_the_replica_holding_the_prompt() -> 
     owner = PrefixAffinityPolicy().owner(ids, prefix_key(CONTEXT))
     holder = next(r for r in ids if r != owner)
     publishers = {r: FakeKVPublisher(kv_topic(r, "n1")) for r in ids}
-    replicas = [FakeRunningReplica(ReplicaID(unique_id=r, deployment_id=DEPLOYMENT), routing_stats={
-        "kv_events": {"endpoint": publishers[r].endpoint, "replay_endpoint": publishers[r].replay_endpoint}})
-        for r in ids]
-    router = _router(replicas, block_size=16, max_blocks=64, kv_routing={"enabled": True, "policy": {"block_size": BS}})
+    replicas = [fake_replica(r, {"kv_events": {"endpoint": publishers[r].endpoint,
+                                               "replay_endpoint": publishers[r].replay_endpoint}}) for r in ids]
+    router = make_router(replicas, block_size=16, max_blocks=64, kv_routing={"enabled": True, "policy": {"block_size": BS}})
     try:
         # Before any event the replicas are unknown: the affinity owner, as today.
         tiers = await router.choose_replicas(replicas, _pending("r0"))
@@ -90,8 +65,8 @@ async def test_router_follows_the_events_to_the_replica_holding_the_prompt() -> 
 
 
 async def test_kv_routing_is_off_by_default() -> None:
-    replicas = [FakeRunningReplica(ReplicaID(unique_id=r, deployment_id=DEPLOYMENT)) for r in ("a", "b")]
-    router = _router(replicas)
+    replicas = [fake_replica(r) for r in ("a", "b")]
+    router = make_router(replicas)
     assert router._kv is None
     tiers = await router.choose_replicas(replicas, _pending("r0"))
     owner = PrefixAffinityPolicy().owner(["a", "b"], prefix_key(CONTEXT))

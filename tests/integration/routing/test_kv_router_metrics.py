@@ -3,56 +3,33 @@ a fake metrics sink in place of ``ray.util.metrics``; the index is fed directly,
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import pytest
 
 pytest.importorskip("ray")
-from ray.serve._private.common import DeploymentHandleSource, DeploymentID, ReplicaID, RequestMetadata  # noqa: E402
-from ray.serve.request_router import PendingRequest  # noqa: E402
-
 from deployments.prefix_router import PrefixAffinityRouter, RayMetricsFactory  # noqa: E402
 from routing.kv_events import BlockStored, KVEventBatch  # noqa: E402
 from routing.kv_metrics import PREDICTED_CACHED_TOKENS, REPLICA_STATUS, RESIDENT_BLOCKS  # noqa: E402
 from testbed.redis_server import free_port  # noqa: E402
 from tests.fakes.fake_metrics_sink import FakeMetricsSink  # noqa: E402
+from tests.fakes.router_doubles import fake_replica, make_router, pending  # noqa: E402
 
 pytestmark = pytest.mark.integration
 
-DEPLOYMENT = DeploymentID(name="llm", app_name="tcrag")
 BS = 32
 CONTEXT = [5000 + i for i in range(6 * BS)]
 
 
-@dataclass
-class FakeRunningReplica:
-    replica_id: ReplicaID
-    max_ongoing_requests: int = 8
-    routing_stats: dict = field(default_factory=dict)
-
-
-def _replicas(*names: str) -> list[FakeRunningReplica]:
+def _replicas(*names: str):
     # Event endpoints nobody publishes on (no replay endpoint): the subscriber connects, hears nothing.
-    return [FakeRunningReplica(ReplicaID(unique_id=n, deployment_id=DEPLOYMENT),
-                               routing_stats={"kv_events": {"endpoint": f"tcp://127.0.0.1:{free_port()}"}})
-            for n in names]
+    return [fake_replica(n, {"kv_events": {"endpoint": f"tcp://127.0.0.1:{free_port()}"}}) for n in names]
 
 
 def _router(replicas, sink: FakeMetricsSink, **kwargs) -> PrefixAffinityRouter:
-    router = PrefixAffinityRouter(deployment_id=DEPLOYMENT, handle_source=DeploymentHandleSource.UNKNOWN,
-                                  use_replica_queue_len_cache=True)
-    router._kv_metrics_factory = sink
-    router.initialize_state(**kwargs)
-    for replica in replicas:
-        router.replica_queue_len_cache.update(replica.replica_id, 0)
-    router._replicas = {r.replica_id: r for r in replicas}
-    return router
+    return make_router(replicas, metrics_factory=sink, **kwargs)
 
 
-def _pending(request_id: str) -> PendingRequest:
-    metadata = RequestMetadata(request_id=request_id, internal_request_id=request_id)
-    body = {"prompt_token_ids": CONTEXT + [7] * 20, "prefix_len": len(CONTEXT)}
-    return PendingRequest(args=[body], kwargs={}, metadata=metadata)
+def _pending(request_id: str):
+    return pending({"prompt_token_ids": CONTEXT + [7] * 20, "prefix_len": len(CONTEXT)}, request_id)
 
 
 async def _stop(router: PrefixAffinityRouter) -> None:

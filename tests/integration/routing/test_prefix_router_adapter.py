@@ -12,51 +12,24 @@ from dataclasses import dataclass
 import pytest
 
 pytest.importorskip("ray")
-from ray.serve._private.common import (  # noqa: E402
-    DeploymentHandleSource,
-    DeploymentID,
-    ReplicaID,
-    RequestMetadata,
-)
-from ray.serve.request_router import PendingRequest  # noqa: E402
-
-from deployments.prefix_router import PrefixAffinityRouter  # noqa: E402
 from routing.prefix_affinity import PrefixAffinityPolicy, prefix_key  # noqa: E402
+from tests.fakes.router_doubles import fake_replica, make_router, pending  # noqa: E402
 
 pytestmark = pytest.mark.integration
 
-DEPLOYMENT = DeploymentID(name="LLMServer", app_name="tcrag")
 CONTEXT = list(range(3000, 3000 + 64))
 
 
-@dataclass
-class FakeRunningReplica:
-    replica_id: ReplicaID
-    max_ongoing_requests: int = 8
+def _replicas(*names: str):
+    return [fake_replica(n) for n in names]
 
 
-def _replicas(*names: str) -> list[FakeRunningReplica]:
-    return [FakeRunningReplica(ReplicaID(unique_id=n, deployment_id=DEPLOYMENT)) for n in names]
+def _pending(arg, request_id: str = "r1"):
+    return pending(arg, request_id)
 
 
-def _pending(arg, request_id: str = "r1") -> PendingRequest:
-    metadata = RequestMetadata(request_id=request_id, internal_request_id=request_id)
-    return PendingRequest(args=[arg], kwargs={}, metadata=metadata)
-
-
-def _router(replicas, queue_lengths: dict[str, int], **kwargs) -> PrefixAffinityRouter:
-    router = PrefixAffinityRouter(
-        deployment_id=DEPLOYMENT,
-        handle_source=DeploymentHandleSource.UNKNOWN,
-        use_replica_queue_len_cache=True,
-    )
-    router.initialize_state(**kwargs)
-    for replica in replicas:
-        router.replica_queue_len_cache.update(
-            replica.replica_id, queue_lengths.get(replica.replica_id.unique_id, 0)
-        )
-    router._replicas = {r.replica_id: r for r in replicas}
-    return router
+def _router(replicas, queue_lengths: dict[str, int], **kwargs):
+    return make_router(replicas, queue_lengths, **kwargs)
 
 
 async def _choose(router, replicas, pending):
