@@ -10,7 +10,7 @@ STAMP := $(VENV)/.tcrag-installed-$(ENGINE)
 PYTEST_ARGS ?=
 URL ?= http://127.0.0.1:8000
 
-.PHONY: setup install model run run-small test test-unit test-integration test-e2e test-small bench loadtest loadtest-compare clean
+.PHONY: setup install model run run-small test test-unit test-integration test-e2e test-multinode test-small bench loadtest loadtest-compare clean
 
 setup: install model
 
@@ -60,6 +60,11 @@ test-integration: setup
 
 test-e2e: setup
 	$(BIN)/python -m pytest tests/e2e $(PYTEST_ARGS)
+
+# The app on a 2-node Ray cluster (head + worker, real Ray nodes on this machine), a worker stopped under
+# load and rejoined; `make test` runs it too (after the end-to-end tests, never beside them).
+test-multinode: setup
+	$(BIN)/python -m pytest tests/multinode $(PYTEST_ARGS)
 
 test-small: setup
 	$(BIN)/python -m pytest tests/small_profile $(PYTEST_ARGS)

@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import shutil
 import signal
 import subprocess
 import sys
@@ -160,7 +159,7 @@ class LocalRayCluster:
         for node in reversed(self.nodes):
             self.stop_node(node)
         kill_orphaned_engines()
-        shutil.rmtree(self.temp_dir, ignore_errors=True)
+        _log(f"stopped; Ray's logs are under {self.temp_dir}")
 
     # -- what the cluster says
 

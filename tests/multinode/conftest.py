@@ -8,7 +8,7 @@ The config is the user's file with what one machine posing as two needs, nothing
 - ``max_replicas_per_node: 1`` with 2 replicas for the LLM pool, the gateway and the support agent, so each
   of them has a replica on both nodes, and a node that rejoins takes its replica back.
 Both nodes read the same collection store (``TCRAG_DATA_DIR``), the path every node mounts in a real
-cluster, and the same Redis.
+cluster, and share one L2 tier: a Redis Cluster (3 masters + 3 replicas) given as ``redis+cluster://``.
 """
 
 from __future__ import annotations
@@ -23,7 +23,8 @@ import yaml
 
 from testbed.app_process import REPO, _config_copy, http_json, wait_for_warmup
 from testbed.ray_cluster import LocalRayCluster
-from testbed.redis_server import RedisServer, free_port
+from testbed.redis_cluster import RedisClusterServer
+from testbed.redis_server import free_port
 
 SPREAD = {"num_replicas": 2, "max_replicas_per_node": 1}
 OVERRIDES = {
@@ -36,8 +37,9 @@ OVERRIDES = {
 class ClusterApp:
     """The deployed app: its URL, its cluster and the config it was deployed with."""
 
-    def __init__(self, cluster: LocalRayCluster, base_url: str, config: Path) -> None:
+    def __init__(self, cluster: LocalRayCluster, base_url: str, config: Path, redis: RedisClusterServer) -> None:
         self.cluster = cluster
+        self.redis = redis
         self.base_url = base_url
         self.config = config
 
@@ -51,7 +53,7 @@ class ClusterApp:
 @pytest.fixture(scope="package")
 def cluster_app(tmp_path_factory) -> ClusterApp:
     workdir = tmp_path_factory.mktemp("multinode")
-    redis = RedisServer(free_port())
+    redis = RedisClusterServer(masters=3, replicas_per_master=1)
     redis.start()
     cluster = LocalRayCluster(workdir, workers=1, env={
         "TCRAG_DATA_DIR": str(workdir / "data"), "REDIS_URL": redis.url, "RAY_DEDUP_LOGS": "0"})
@@ -60,7 +62,7 @@ def cluster_app(tmp_path_factory) -> ClusterApp:
     data = yaml.safe_load(config.read_text())
     data["proxy_location"] = "HeadOnly"
     config.write_text(yaml.safe_dump(data, sort_keys=False))
-    app = ClusterApp(cluster, f"http://127.0.0.1:{port}", config)
+    app = ClusterApp(cluster, f"http://127.0.0.1:{port}", config, redis)
     try:
         cluster.start()
         started = time.monotonic()

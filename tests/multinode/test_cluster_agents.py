@@ -47,3 +47,20 @@ def test_collection_search_and_stats_answer_through_the_cluster(cluster_app):
     assert status == 200 and len(body["results"]) == 3, body
     status, stats = http_json("GET", f"{cluster_app.base_url}/v1/cache/stats", timeout_s=60)
     assert status == 200 and len(stats["agents"]) == 6 and len(stats["shards"]) == 2, stats
+
+
+def test_the_shared_tier_is_the_redis_cluster_and_its_keys_spread_over_every_master(cluster_app):
+    """The agents on both nodes wrote their chunks' token IDs through ``redis+cluster://``; the keys (no hash
+    tags) spread by slot over all three masters."""
+    import redis
+
+    per_master = {}
+    for port in cluster_app.redis.master_ports():
+        client = redis.Redis(host="127.0.0.1", port=port, socket_timeout=5)
+        per_master[port] = sum(1 for _ in client.scan_iter(match="tcrag:tok:*", count=1000))
+    assert len(per_master) == 3 and all(n > 0 for n in per_master.values()), per_master
+    status, stats = http_json("GET", f"{cluster_app.base_url}/v1/cache/stats", timeout_s=60)
+    assert status == 200
+    l2_reads = sum(int((t.get("redis") or {}).get(k, 0)) for agent in stats["agents"].values()
+                   for t in agent["tiers"] for k in ("hits", "misses"))
+    assert l2_reads > 0, stats  # the agents read the cluster too (a timeout there would be an error)
