@@ -34,9 +34,11 @@ def http_json(method: str, url: str, body: object | None = None, timeout_s: floa
             return err.code, {"raw": raw.decode(errors="replace")}
 
 
-def _config_copy(config: Path, target: Path, port: int, overrides: dict) -> Path:
-    """The user's serve_config.yaml with the test's port and app-arg overrides (nested dicts merge)."""
+def config_copy(config: Path, target: Path, port: int, overrides: dict, serve_options: dict | None = None) -> Path:
+    """The user's serve_config.yaml with the test's port, app-arg overrides (nested dicts merge) and top-level
+    Serve options (e.g. ``proxy_location``)."""
     data = yaml.safe_load(config.read_text())
+    data.update(serve_options or {})
     data.setdefault("http_options", {})["port"] = port
     args = data["applications"][0].setdefault("args", {})
     _merge(args, overrides)
@@ -92,7 +94,7 @@ class AppProcess:
         self.env = {"RAY_ADDRESS": "local", **env}
         self.log_path = log_path
         self.base_url = f"http://127.0.0.1:{port}"
-        self.config = _config_copy(config, log_path.parent / "serve_config.yaml", port, overrides or {})
+        self.config = config_copy(config, log_path.parent / "serve_config.yaml", port, overrides or {})
         self._proc: subprocess.Popen | None = None
 
     @property

@@ -19,9 +19,8 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
 
-from testbed.app_process import REPO, _config_copy, http_json, wait_for_warmup
+from testbed.app_process import REPO, config_copy, http_json, wait_for_warmup
 from testbed.ray_cluster import LocalRayCluster
 from testbed.redis_cluster import RedisClusterServer
 from testbed.redis_server import free_port
@@ -58,10 +57,8 @@ def cluster_app(tmp_path_factory) -> ClusterApp:
     cluster = LocalRayCluster(workdir, workers=1, env={
         "TCRAG_DATA_DIR": str(workdir / "data"), "REDIS_URL": redis.url, "RAY_DEDUP_LOGS": "0"})
     port = free_port()
-    config = _config_copy(REPO / "serve_config.yaml", workdir / "serve_config.yaml", port, OVERRIDES)
-    data = yaml.safe_load(config.read_text())
-    data["proxy_location"] = "HeadOnly"
-    config.write_text(yaml.safe_dump(data, sort_keys=False))
+    config = config_copy(REPO / "serve_config.yaml", workdir / "serve_config.yaml", port, OVERRIDES,
+                         serve_options={"proxy_location": "HeadOnly"})
     app = ClusterApp(cluster, f"http://127.0.0.1:{port}", config, redis)
     try:
         cluster.start()
