@@ -44,11 +44,13 @@ run-small: setup
 	@echo "[run] serve run serve_config.small.yaml  (http://127.0.0.1:8000, first start ~1-3 min)"
 	$(BIN)/serve run serve_config.small.yaml
 
-# Two pytest sessions: the suite, then the small profile alone (its own app, its memory measured with
-# nothing else running; benchmarks/results/memory_small.json). Both run even if the first fails.
+# Three pytest sessions, each app alone on the machine: the suite (one app for all end-to-end tests, up
+# until the session ends), the 2-node cluster (its own app on two Ray nodes), then the small profile (its
+# memory measured with nothing else running; benchmarks/results/memory_small.json). All run even if one fails.
 test: setup
 	@status=0; \
-	$(BIN)/python -m pytest tests --ignore=tests/small_profile $(PYTEST_ARGS) || status=$$?; \
+	$(BIN)/python -m pytest tests --ignore=tests/small_profile --ignore=tests/multinode $(PYTEST_ARGS) || status=$$?; \
+	$(BIN)/python -m pytest tests/multinode $(PYTEST_ARGS) || status=$$?; \
 	$(BIN)/python -m pytest tests/small_profile $(PYTEST_ARGS) || status=$$?; \
 	exit $$status
 
@@ -62,7 +64,7 @@ test-e2e: setup
 	$(BIN)/python -m pytest tests/e2e $(PYTEST_ARGS)
 
 # The app on a 2-node Ray cluster (head + worker, real Ray nodes on this machine), a worker stopped under
-# load and rejoined; `make test` runs it too (after the end-to-end tests, never beside them).
+# load and rejoined; `make test` runs it too, in a pytest session of its own (never beside another app).
 test-multinode: setup
 	$(BIN)/python -m pytest tests/multinode $(PYTEST_ARGS)
 
