@@ -26,18 +26,21 @@ from testbed.app_process import AppProcess, http_json
 
 ROUTERS: dict[str, str | None] = {
     "prefix_affinity": "deployments.prefix_router:PrefixAffinityRouter",
+    # The same router with KV-event routing on: each engine publishes its KV events (llm.kv_events).
+    "prefix_affinity_kv": "deployments.prefix_router:PrefixAffinityRouter",
     "ray_default": None,  # Ray Serve's default (power of two choices by queue length)
     "ray_consistent_hash": "ray.serve.experimental.consistent_hash_router:ConsistentHashRouter",
 }
+KV_ROUTING = "prefix_affinity_kv"
 
 
 def run_router(name: str, router_class: str | None, requests: list[tuple[str, dict]], warmup: int,
                concurrency: int, max_tokens: int, port: int, workdir: Path, data_dir: Path,
-               router_kwargs: dict[str, Any] | None = None) -> dict[str, Any]:
+               router_kwargs: dict[str, Any] | None = None, llm: dict[str, Any] | None = None) -> dict[str, Any]:
     router: dict[str, Any] = {"request_router_class": router_class}
     if router_kwargs is not None:
         router["request_router_kwargs"] = router_kwargs
-    overrides = {"llm": {"router": router}}
+    overrides = {"llm": {**(llm or {}), "router": router}}
     app = AppProcess(env={"TCRAG_DATA_DIR": str(data_dir), "REDIS_URL": "none"},
                      log_path=workdir / f"serve-{name}.log", port=port, overrides=overrides)
     print(f"[routers] {name}: starting the app ...", file=sys.stderr, flush=True)
@@ -78,6 +81,15 @@ def run_router(name: str, router_class: str | None, requests: list[tuple[str, di
     }
 
 
+def router_settings(name: str, prefix_router_kwargs: dict[str, Any] | None,
+                    llm: dict[str, Any]) -> tuple[dict[str, Any] | None, dict[str, Any]]:
+    """The router kwargs and LLM-pool overrides of one router: KV routing also turns on the engines' events."""
+    if name == KV_ROUTING:
+        base = dict(prefix_router_kwargs or {"load_factor": 2.0, "block_size": 16, "max_blocks": 64, "vnodes": 128})
+        return {**base, "kv_routing": {"enabled": True}}, {**llm, "kv_events": {"enabled": True}}
+    return (prefix_router_kwargs if name == "prefix_affinity" else None), llm
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=120, help="measured requests per router")
@@ -93,6 +105,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--agents", default=",".join(AGENT_SPECS))
     parser.add_argument("--prefix-router-kwargs", type=json.loads, default=None,
                         help="JSON request_router_kwargs for prefix_affinity (default: serve_config.yaml's)")
+    parser.add_argument("--llm-replicas", type=int, default=2, help="vLLM replicas in the pool")
+    parser.add_argument("--kv-cache-bytes", type=int, default=None,
+                        help="each engine's KV cache (default: serve_config.yaml's); smaller evicts during the run")
     parser.add_argument("--merge", action="store_true",
                         help="keep the other routers' results in --out when its workload is the same")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/routers.json"))
@@ -103,7 +118,8 @@ def main(argv: list[str] | None = None) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="tcrag-routers-"))
     workload = {"agents": agents, "requests": args.requests, "warmup": warmup,
                 "warmup_all_topics": args.warmup_all_topics, "concurrency": args.concurrency,
-                "max_tokens": args.max_tokens, "seed": args.seed, "zipf_s": 1.1, "llm_replicas": 2}
+                "max_tokens": args.max_tokens, "seed": args.seed, "zipf_s": 1.1, "llm_replicas": args.llm_replicas,
+                "kv_cache_bytes": args.kv_cache_bytes}
     results: dict[str, Any] = {}
     if args.merge and args.out.exists():
         previous = json.loads(args.out.read_text())
@@ -111,10 +127,13 @@ def main(argv: list[str] | None = None) -> int:
             results.update(previous.get("routers", {}))
         else:
             print("[routers] --merge: the saved workload differs; not merging", file=sys.stderr)
+    llm: dict[str, Any] = {"num_replicas": args.llm_replicas}
+    if args.kv_cache_bytes:
+        llm["engine"] = {"kv_cache_memory_bytes": args.kv_cache_bytes}
     for name in args.routers.split(","):
-        kwargs = args.prefix_router_kwargs if name == "prefix_affinity" else None
+        kwargs, pool = router_settings(name, args.prefix_router_kwargs, llm)
         results[name] = run_router(name, ROUTERS[name], requests, warmup, args.concurrency,
-                                   args.max_tokens, args.port, workdir, workdir / "store", kwargs)
+                                   args.max_tokens, args.port, workdir, workdir / "store", kwargs, pool)
         summary = {k: v for k, v in results[name].items() if k != "samples"}
         print(f"[routers] {name}: {json.dumps(summary)}", file=sys.stderr, flush=True)
     report = {"workload": workload, "routers": results}
