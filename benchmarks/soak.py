@@ -127,6 +127,14 @@ class MixedLoad:
             if self.pause_s:
                 self._stop.wait(self.pause_s)
 
+    def wait_for_ok(self, more: int, timeout_s: float = 300.0) -> bool:
+        """Let the load run until ``more`` further requests have been answered (True) or ``timeout_s`` passed."""
+        target = self.report.ok + more
+        deadline = time.monotonic() + timeout_s
+        while self.report.ok < target and time.monotonic() < deadline:
+            time.sleep(0.5)
+        return self.report.ok >= target
+
     def stop(self, timeout_s: float | None = None) -> LoadReport:
         """Stop sending and wait for the requests in flight (they count) to finish."""
         self._stop.set()

@@ -165,14 +165,9 @@ class LocalRayCluster:
 
     def _state(self, kind: str, **filters: str) -> list[dict]:
         """Ray's state API (``ray list``) through the head's dashboard, with the cluster's token."""
-        args = [str(_BIN / "ray"), "list", kind, "--format", "json", "--limit", "10000",
-                "--address", self.dashboard_url]
-        for key, value in filters.items():
-            args += ["--filter", f"{key}={value}"]
-        out = subprocess.run(args, env=self.env, capture_output=True, text=True, timeout=120)
-        if out.returncode != 0:
-            raise RuntimeError(f"ray list {kind} failed ({out.returncode}): {out.stderr[-1000:]}")
-        return json.loads(out.stdout)
+        filter_args = [arg for key, value in filters.items() for arg in ("--filter", f"{key}={value}")]
+        return json.loads(self._cli("ray", "list", kind, "--format", "json", "--limit", "10000", *filter_args,
+                                    timeout_s=120))
 
     def _alive_node_with(self, resource: str) -> str | None:
         try:
@@ -222,8 +217,25 @@ class LocalRayCluster:
 
     def serve(self, *args: str, timeout_s: float = 300.0) -> str:
         """One ``serve`` CLI call against this cluster's dashboard (``serve deploy``, ``serve status``...)."""
-        out = subprocess.run([str(_BIN / "serve"), *args, "--address", self.dashboard_url], env=self.env,
+        return self._cli("serve", *args, timeout_s=timeout_s)
+
+    def _serve_status(self, app: str) -> dict:
+        import yaml
+
+        return yaml.safe_load(self.serve("status"))["applications"][app]
+
+    def app_status(self, app: str = "tcrag") -> str:
+        """The application's status as ``serve status`` reports it (RUNNING, DEPLOYING...)."""
+        return self._serve_status(app)["status"]
+
+    def deployment_statuses(self, app: str = "tcrag") -> dict[str, str]:
+        """Deployment -> status (HEALTHY once all its target replicas run) as ``serve status`` reports it."""
+        return {name: d["status"] for name, d in self._serve_status(app)["deployments"].items()}
+
+    def _cli(self, tool: str, *args: str, timeout_s: float) -> str:
+        """``ray`` or ``serve`` against this cluster's dashboard, with the cluster's token; stdout."""
+        out = subprocess.run([str(_BIN / tool), *args, "--address", self.dashboard_url], env=self.env,
                              capture_output=True, text=True, timeout=timeout_s)
         if out.returncode != 0:
-            raise RuntimeError(f"serve {' '.join(args)} failed ({out.returncode}): {out.stderr[-2000:]}")
+            raise RuntimeError(f"{tool} {' '.join(args)} failed ({out.returncode}): {out.stderr[-2000:]}")
         return out.stdout

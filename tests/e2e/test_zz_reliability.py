@@ -147,14 +147,6 @@ def start_load(base_url: str, workers: int = WORKERS, min_ok: int = 3) -> MixedL
     return load
 
 
-def keep_loading(load: MixedLoad, more_ok: int, timeout_s: float = 300) -> None:
-    """Let the load run until ``more_ok`` further requests have been answered."""
-    target = load.report.ok + more_ok
-    deadline = time.monotonic() + timeout_s
-    while load.report.ok < target and time.monotonic() < deadline:
-        time.sleep(0.5)
-
-
 def assert_no_failures(load: MixedLoad) -> None:
     report = load.report
     assert report.failed == 0, f"{report.failed} of {report.sent} requests failed: {report.summary()['failures']}"
@@ -190,7 +182,7 @@ def test_redis_stopped_and_restarted_mid_load(app, base_url, redis_server):
         redis_server.stop()
         down_at = time.monotonic()
         http_json("POST", f"{base_url}/v1/cache/invalidate", {"collection": "support_kb"})
-        keep_loading(load, more_ok=8)
+        load.wait_for_ok(8)
         down_s = time.monotonic() - down_at
         during = redis_totals(base_url)
         assert during["errors"] > before["errors"], "Redis was down but no agent saw an error or a skipped call"
@@ -203,7 +195,7 @@ def test_redis_stopped_and_restarted_mid_load(app, base_url, redis_server):
         found: list[bytes] = []
         while not found and time.monotonic() < deadline:
             http_json("POST", f"{base_url}/v1/cache/invalidate", {"collection": "support_kb"})
-            keep_loading(load, more_ok=2, timeout_s=60)
+            load.wait_for_ok(2, timeout_s=60)
             found = list(client.scan_iter(match="tcrag:tok:support_kb:*", count=1000))
         l2_back_s = time.monotonic() - up_at
         assert found, "no token entries written to Redis after it came back"
@@ -215,7 +207,7 @@ def test_redis_stopped_and_restarted_mid_load(app, base_url, redis_server):
         deadline = time.monotonic() + 180
         after = back
         while time.monotonic() < deadline:
-            keep_loading(load, more_ok=2, timeout_s=60)
+            load.wait_for_ok(2, timeout_s=60)
             after = redis_totals(base_url)
             if after["hits"] + after["misses"] > back["hits"] + back["misses"]:
                 break
@@ -275,14 +267,14 @@ def test_one_llm_replica_killed_mid_load(app, base_url, serve_pid):
     retries_before = log_count(app, "LLM replica lost")
     load = start_load(base_url, workers=6)
     try:
-        keep_loading(load, more_ok=3)
+        load.wait_for_ok(3)
         killed_at = time.monotonic()
         replicas[0].kill()
         killed = {replicas[0].pid}
         sent_at_kill = load.report.sent
         orphans, orphans_gone_s = wait_orphans_gone(engines)
         recover_s = wait_replaced(base_url, serve_pid, "llm", killed, 2, killed_at)
-        keep_loading(load, more_ok=6)
+        load.wait_for_ok(6)
     finally:
         load.stop()
         for proc in engines:  # never leave GBs behind, whatever the outcome
@@ -311,7 +303,7 @@ def test_cache_shard_killed_mid_load(app, base_url, serve_pid):
         killed = set(kill_tree(shards[0]))
         http_json("POST", f"{base_url}/v1/cache/invalidate", {"collection": "support_kb"})
         recover_s = wait_replaced(base_url, serve_pid, "token_cache_shard_0", killed, 1, killed_at)
-        keep_loading(load, more_ok=6)
+        load.wait_for_ok(6)
     finally:
         load.stop()
     shard_errors = sum(
@@ -411,7 +403,7 @@ def test_corrupted_redis_entry_is_detected_rebuilt_and_counted(app, base_url, re
             # Not counted: only a read that never reached Redis (timed out or skipped) may explain it.
             assert delta["timeouts"] + delta["skipped_calls"] > 0, (
                 f"the corrupted entry was not counted, and no Redis call timed out or was skipped: {delta}")
-        keep_loading(load, more_ok=4)
+        load.wait_for_ok(4)
     finally:
         load.stop()
     assert delta["corruptions"] > 0, f"every attempt's Redis read timed out or was skipped: {attempts}"
@@ -435,14 +427,14 @@ def test_redis_flushall_is_rebuilt_on_demand(app, base_url, redis_server):
         assert client.dbsize() > 0
         flushed_at = time.monotonic()
         client.flushall()
-        keep_loading(load, more_ok=4)
+        load.wait_for_ok(4)
         # Entries come back on demand: anything not in a faster tier is looked up, tokenized and written.
         rebuilt: dict[str, int] = {}
         deadline = time.monotonic() + 180
         while len(rebuilt) < 2 and time.monotonic() < deadline:
             for collection in ("support_kb", "documentation"):
                 http_json("POST", f"{base_url}/v1/cache/invalidate", {"collection": collection})
-            keep_loading(load, more_ok=6, timeout_s=90)
+            load.wait_for_ok(6, timeout_s=90)
             for collection in ("support_kb", "documentation"):
                 n = sum(1 for _ in client.scan_iter(match=f"tcrag:tok:{collection}:*", count=1000))
                 if n:

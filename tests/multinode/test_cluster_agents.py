@@ -4,7 +4,6 @@ deployment runs, the spread ones have a replica on each node, and every agent an
 from __future__ import annotations
 
 import pytest
-import yaml
 
 from tests.e2e.test_agents import AGENT_CALLS, assert_contract
 from testbed.app_process import http_json
@@ -13,10 +12,9 @@ pytestmark = pytest.mark.multinode
 
 
 def test_every_deployment_runs_and_the_spread_ones_have_a_replica_on_each_node(cluster_app):
-    status = yaml.safe_load(cluster_app.cluster.serve("status"))
-    app = status["applications"]["tcrag"]
-    assert app["status"] == "RUNNING", app
-    assert all(d["status"] == "HEALTHY" for d in app["deployments"].values()), app["deployments"]
+    assert cluster_app.cluster.app_status() == "RUNNING"
+    statuses = cluster_app.cluster.deployment_statuses()
+    assert statuses and set(statuses.values()) == {"HEALTHY"}, statuses
 
     placed = cluster_app.cluster.replicas_by_node()
     assert set(placed) >= {"llm", "gateway", "agent_support", "EmbedderServer", "token_cache_shard_0"}

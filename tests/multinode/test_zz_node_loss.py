@@ -24,11 +24,7 @@ REJOIN_TIMEOUT_S = 600.0
 
 
 def _wait_ok(load: MixedLoad, more: int, timeout_s: float = 300.0) -> None:
-    target = load.report.ok + more
-    deadline = time.monotonic() + timeout_s
-    while load.report.ok < target and time.monotonic() < deadline:
-        time.sleep(0.5)
-    assert load.report.ok >= target, f"load stalled: {load.report.summary()}"
+    assert load.wait_for_ok(more, timeout_s), f"load stalled: {load.report.summary()}"
 
 
 def _resent(cluster_app) -> dict[str, int]:
@@ -39,14 +35,6 @@ def _resent(cluster_app) -> dict[str, int]:
         counts["agent_requests_resent"] += text.count("replica lost, sending the request again")
         counts["llm_requests_resent"] += text.count("LLM replica lost (attempt")
     return counts
-
-
-def _all_healthy(cluster) -> bool:
-    """Every deployment of the app HEALTHY as ``serve status`` reports it (all target replicas running)."""
-    import yaml
-
-    app = yaml.safe_load(cluster.serve("status"))["applications"]["tcrag"]
-    return all(d["status"] == "HEALTHY" for d in app["deployments"].values())
 
 
 def test_worker_node_stopped_under_load_then_rejoined(cluster_app):
@@ -77,7 +65,8 @@ def test_worker_node_stopped_under_load_then_rejoined(cluster_app):
     rejoin_s = cluster.start_node(worker)
     rejoined_at = time.monotonic()
     deadline = rejoined_at + REJOIN_TIMEOUT_S
-    while not (cluster.replicas_by_node().get("llm") == ["head", "worker1"] and _all_healthy(cluster)):
+    while not (cluster.replicas_by_node().get("llm") == ["head", "worker1"]
+                 and set(cluster.deployment_statuses().values()) == {"HEALTHY"}):
         assert time.monotonic() < deadline, (
             f"the app did not get its replicas back on the worker: {cluster.replicas_by_node()}\n"
             f"{cluster.serve('status')}")
