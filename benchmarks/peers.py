@@ -74,6 +74,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from benchmarks.stats import percentile
+from testbed.redis_server import free_port
 
 __all__ = [
     "CLASSES",
@@ -614,12 +615,6 @@ def port_answers(url: str, timeout_s: float = 1.0) -> bool:
             return True
     except OSError:
         return False
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_http_ok(url: str, timeout_s: float, alive: Callable[[], bool] = lambda: True) -> None:

@@ -40,6 +40,7 @@ from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
+from benchmarks.stats import percentile
 from cache.config import TokenCacheConfig, redis_tier_from_config
 from cache.keys import storage_key
 from cache.redis_tier import RedisTier
@@ -61,11 +62,8 @@ def content_hashes(n: int, salt: str = "") -> list[str]:
 
 
 def percentiles(samples_us: list[float]) -> dict[str, float]:
-    ordered = sorted(samples_us)
-    return {"p50_us": round(statistics.median(ordered), 1),
-            "p95_us": round(ordered[int(0.95 * (len(ordered) - 1))], 1),
-            "mean_us": round(statistics.fmean(ordered), 1),
-            "n": len(ordered)}
+    return {"p50_us": round(percentile(samples_us, 50), 1), "p95_us": round(percentile(samples_us, 95), 1),
+            "mean_us": round(statistics.fmean(samples_us), 1), "n": len(samples_us)}
 
 
 def sample_text_bytes() -> dict[str, int]:
