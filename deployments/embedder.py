@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable
 import numpy as np
 from ray import serve
 
+from deployments.llm_client import REPLICA_LOST
 from retrieval.config import EmbedderConfig
 from retrieval.embedder import Embedder
 
@@ -64,21 +65,29 @@ EmbedderServer = serve.deployment(
 )
 
 
-def make_remote_embed(handle, timeout_s: float = 30.0) -> Callable[[list[str]], Awaitable[np.ndarray]]:
+def make_remote_embed(handle, timeout_s: float = 30.0,
+                      retries: int = 1) -> Callable[[list[str]], Awaitable[np.ndarray]]:
     """Adapt an EmbedderServer handle to the async embed callable RetrievalService takes.
 
     A single text goes through the batched `embed_one` (query path); lists go to `embed`. A call that times
     out or whose caller is cancelled (a batch timeout in `retrieval.batching`) is cancelled at the embedder
-    too, so that a retry does not queue behind it (awaiting a response does not cancel it by itself)."""
+    too, so that a retry does not queue behind it (awaiting a response does not cancel it by itself). A call
+    whose embedder replica died under it is sent once more (``retries``), as the LLM pool client does."""
 
     async def embed(texts: list[str]) -> np.ndarray:
         method = "embed_one" if len(texts) == 1 else "embed"
-        response = handle.options(method_name=method).remote(texts[0] if len(texts) == 1 else texts)
-        try:
-            vectors = await asyncio.wait_for(response, timeout_s)
-        except (TimeoutError, asyncio.CancelledError):
-            response.cancel()
-            raise
+        for attempt in range(retries + 1):
+            response = handle.options(method_name=method).remote(texts[0] if len(texts) == 1 else texts)
+            try:
+                vectors = await asyncio.wait_for(response, timeout_s)
+                break
+            except (TimeoutError, asyncio.CancelledError):
+                response.cancel()
+                raise
+            except REPLICA_LOST as err:  # its replica died under it (process or node lost): not embedded yet
+                if attempt == retries:
+                    raise
+                logger.warning("embedder replica lost, sending the call again: %s", err)
         if len(texts) == 1:
             vectors = [vectors]
         return np.asarray(vectors, dtype=np.float32).reshape(len(texts), -1)

@@ -67,3 +67,45 @@ async def test_a_cancelled_caller_cancels_the_call():
     with pytest.raises(TimeoutError):  # the batch timeout of retrieval.batching, shorter than the call's own
         await asyncio.wait_for(make_remote_embed(handle, timeout_s=10)(["q"]), 0.01)
     assert handle.responses[0].cancelled
+
+
+class LosingHandle(FakeHandle):
+    """The first ``lost`` calls die as a call does whose embedder replica was on a lost node."""
+
+    def __init__(self, lost: int) -> None:
+        super().__init__()
+        self.lost = lost
+
+    def options(self, method_name: str):
+        method = super().options(method_name)
+        handle = self
+
+        class Losing:
+            def remote(self, arg):
+                if len(handle.calls) < handle.lost:
+                    handle.calls.append((method_name, arg))
+
+                    async def died():
+                        from ray.exceptions import ActorDiedError
+
+                        raise ActorDiedError()
+                    return died()
+                return method.remote(arg)
+
+        return Losing()
+
+
+async def test_a_call_whose_embedder_replica_died_is_sent_once_more():
+    handle = LosingHandle(lost=1)
+    np.testing.assert_array_equal(await make_remote_embed(handle, timeout_s=1)(["q"]),
+                                  np.array([[0.0, 1.0]], dtype=np.float32))
+    assert handle.calls == [("embed_one", "q"), ("embed_one", "q")]
+
+
+async def test_an_embedder_lost_twice_raises_the_loss():
+    from ray.exceptions import ActorDiedError
+
+    handle = LosingHandle(lost=5)
+    with pytest.raises(ActorDiedError):
+        await make_remote_embed(handle, timeout_s=1)(["a", "b"])
+    assert len(handle.calls) == 2
